@@ -1,0 +1,1 @@
+"""Triton kernels of the stafast ops, imported as stafast.kernels (launchers only, no torch.library code)."""

@@ -1,0 +1,71 @@
+"""Build and install stafast.
+
+Import names: only `stafast`. The Triton sources live at the top in `kernels/` and are
+installed as `stafast.kernels` (a top-level `kernels` package would clash with others).
+
+The C++/CUDA extension `stafast._C` (csrc/) is built when its sources are present:
+the CPU part always, the CUDA part when torch has CUDA and nvcc is found
+(`STAFAST_CUDA=0/1` overrides). `STAFAST_EXT=0` skips the extension entirely.
+Build with `pip install --no-build-isolation .` so the installed torch is used.
+"""
+import glob
+import os
+import shutil
+
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PACKAGES = ["stafast", "stafast.ops", "stafast.models", "stafast.losses", "stafast.data",
+            "stafast.kernels"]
+
+
+def _flag(name):
+    value = os.environ.get(name)
+    return None if value is None else value.strip() not in ("0", "", "false", "no")
+
+
+def extensions():
+    if _flag("STAFAST_EXT") is False:
+        return [], {}
+    cpu_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    if not cpu_sources:
+        return [], {}
+    from torch.utils import cpp_extension
+
+    want_cuda = _flag("STAFAST_CUDA")
+    have_cuda = cpp_extension.CUDA_HOME is not None and shutil.which("nvcc") is not None
+    if want_cuda is None:
+        want_cuda = have_cuda and __import__("torch").version.cuda is not None
+    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    kwargs = dict(name="stafast._C", include_dirs=[os.path.join(HERE, "csrc")],
+                  extra_link_args=["-fopenmp"])
+    if want_cuda:
+        cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr",
+                "-gencode=arch=compute_80,code=sm_80",
+                "-gencode=arch=compute_90,code=sm_90"]
+        ext = cpp_extension.CUDAExtension(
+            sources=cpu_sources + cuda_sources,
+            extra_compile_args={"cxx": cxx + ["-DSTAFAST_WITH_CUDA"], "nvcc": nvcc + ["-DSTAFAST_WITH_CUDA"]},
+            **kwargs)
+    else:
+        ext = cpp_extension.CppExtension(sources=cpu_sources, extra_compile_args={"cxx": cxx}, **kwargs)
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+
+
+ext_modules, cmdclass = extensions()
+
+setup(
+    name="stafast",
+    version="0.1.0",
+    description="Fast diversity-regularized spatiotemporal attention (Li et al., CVPR 2018) for video person re-ID",
+    long_description=open(os.path.join(HERE, "README.md")).read() if os.path.exists(os.path.join(HERE, "README.md")) else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=PACKAGES,
+    package_dir={"stafast.kernels": "kernels"},
+    install_requires=["torch>=2.6", "torchvision", "numpy", "scipy", "tqdm"],
+    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

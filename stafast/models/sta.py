@@ -1,0 +1,154 @@
+"""The spatiotemporal attention network (Sec. 3, Fig. 2), built from the stafast ops.
+
+clips (B, N, 3, H, W) -> backbone f (B*N, L, D) -> K spatial heads (Eq. 1) -> softmax + pooling
+(Eqs. 2-3) -> frame enhancement (Eq. 4, supplementary Eqs. 1-4) -> temporal attention
+(Eqs. 11-13, softmax over frames) or average / max pooling -> concat K parts (Eq. 15) ->
+FC(128) -> L2 norm.  The diversity penalty (Eq. 9 or 10) of the spatial attention is returned
+for the loss; its weight belongs to the training loop.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stafast import ops
+from .backbone import Backbone
+
+SPATIAL = ("attention", "none")
+TEMPORAL = ("attention", "avg", "max")
+DIVERSITY = ("hellinger", "l2", "none")
+
+# Table 1 rows as constructor arguments (Ind = stage 4 of the schedule, not an architecture).
+ABLATIONS = {
+    "baseline": dict(spatial="none", diversity="none", temporal="avg", enhance=False),
+    "spaatn": dict(spatial="attention", diversity="none", temporal="avg"),
+    "spaatn+q'": dict(spatial="attention", diversity="l2", temporal="avg"),
+    "spaatn+q": dict(spatial="attention", diversity="hellinger", temporal="avg"),
+    "spaatn+q+maxpool": dict(spatial="attention", diversity="hellinger", temporal="max"),
+    "spaatn+q+temattn": dict(spatial="attention", diversity="hellinger", temporal="attention"),
+}
+
+
+@dataclass
+class STAOutput:
+    embedding: Tensor        # (B, embed_dim), L2-normalised (Eq. 15 -> FC -> norm)
+    diversity: Tensor        # scalar: mean over frames of Q (Eq. 9) or Q' (Eq. 10); 0 if off
+    spatial: Tensor | None   # (B, N, K, L) receptive fields (Eq. 2); None for the baseline
+    temporal: Tensor | None  # (B, N, K) temporal weights (Eq. 12); None unless temporal attention
+    grid: tuple[int, int]    # (H, W) of the feature grid, L = H * W
+
+
+class STA(nn.Module):
+    """Diversity-regularised spatiotemporal attention network.
+
+    Args:
+        arch, backbone_weights, last_stride: the ResNet (see Backbone); weights from a local file.
+        num_frames: N frames per clip (the temporal prior Psi is N x N).
+        num_heads: K spatial attention models (Table 2: 1, 2, 4, 6, 8).
+        hidden: d of Eq. 1.
+        spatial: "attention" (Eqs. 1-3) or "none" (Table 1 baseline: global average pooling, K = 1).
+        diversity: "hellinger" (Q, Eq. 9), "l2" (Q', Eq. 10) or "none".
+        enhance: the frame enhancement E of Eq. 4 (supplementary Eqs. 1-4).
+        enhance_sigma: sigma of supplementary Eq. 2.
+        enhance_scale: "sqrt" multiplies X X^T by 1/sqrt(D) (raw 2048-d dot products saturate the
+            softmax), "none" follows the supplementary literally.
+        temporal: "attention" (Eqs. 11-13 with a softmax over frames), "avg" or "max".
+        embed_dim: size of the final L2-normalised embedding (128 in the paper).
+    """
+
+    def __init__(self, arch: str = "resnet50", backbone_weights: str | None = None, last_stride: int = 2,
+                 num_frames: int = 6, num_heads: int = 6, hidden: int = 256, spatial: str = "attention",
+                 diversity: str = "hellinger", enhance: bool = True, enhance_sigma: float = 1.0,
+                 enhance_scale: str = "sqrt", temporal: str = "attention", embed_dim: int = 128):
+        super().__init__()
+        for name, value, options in (("spatial", spatial, SPATIAL), ("temporal", temporal, TEMPORAL),
+                                     ("diversity", diversity, DIVERSITY), ("enhance_scale", enhance_scale, ("sqrt", "none"))):
+            if value not in options:
+                raise ValueError(f"STA: {name} must be one of {options}, got {value!r}")
+        if num_heads < 1 or num_frames < 1 or hidden < 1 or embed_dim < 1:
+            raise ValueError(f"STA: num_heads, num_frames, hidden and embed_dim must be >= 1, got "
+                             f"{num_heads}, {num_frames}, {hidden}, {embed_dim}")
+        self.backbone = Backbone(arch, backbone_weights, last_stride)
+        d_feat = self.backbone.out_channels
+        self.spatial_mode, self.temporal_mode, self.diversity_kind = spatial, temporal, diversity
+        self.num_frames = num_frames
+        self.num_heads = k = num_heads if spatial == "attention" else 1
+        self.feat_dim = d_feat
+        if spatial == "attention":
+            # Eq. 1: W_{s,k} f + b_{s,k} for all K heads as one GEMM, then per-head w'_{s,k} and b'_{s,k}.
+            self.att_hidden = nn.Linear(d_feat, k * hidden)
+            self.att_out_weight = nn.Parameter(torch.randn(k, hidden) / math.sqrt(hidden))
+            self.att_out_bias = nn.Parameter(torch.zeros(k))
+            self.hidden = hidden
+        self.enhance = enhance
+        if enhance:
+            # Supplementary Eq. 2: Psi = W (.) exp(-|i - j| / sigma) + b, b added per column j (a
+            # per-row constant would vanish in the row softmax).
+            idx = torch.arange(num_frames, dtype=torch.float32)
+            self.register_buffer("enhance_decay", torch.exp(-(idx[:, None] - idx[None, :]).abs() / enhance_sigma))
+            self.enhance_weight = nn.Parameter(torch.ones(num_frames, num_frames))
+            self.enhance_bias = nn.Parameter(torch.zeros(num_frames))
+            self.enhance_scale = 1.0 / math.sqrt(d_feat) if enhance_scale == "sqrt" else 1.0
+            # Eq. 4's FC, shared by the K heads; zero-initialised so that E starts as the identity.
+            self.enhance_fc = nn.Linear(d_feat, d_feat)
+            nn.init.zeros_(self.enhance_fc.weight)
+            nn.init.zeros_(self.enhance_fc.bias)
+        if temporal == "attention":  # Eq. 11: w_{t,k}, b_{t,k}
+            self.temporal_weight = nn.Parameter(torch.zeros(k, d_feat))
+            self.temporal_bias = nn.Parameter(torch.zeros(k))
+        self.embed = nn.Linear(k * d_feat, embed_dim)  # Eq. 15 -> FC(128)
+
+    def spatial_logits(self, f: Tensor) -> Tensor:
+        """Eq. 1: f (M, L, D) -> e (M, K, L)."""
+        m, l, _ = f.shape
+        h = F.relu(self.att_hidden(f)).view(m, l, self.num_heads, self.hidden)
+        return torch.einsum("mlkd,kd->mkl", h, self.att_out_weight.to(h.dtype)) + self.att_out_bias.to(h.dtype)[:, None]
+
+    def forward(self, clips: Tensor) -> STAOutput:
+        if clips.dim() != 5 or clips.shape[2] != 3:
+            raise ValueError(f"STA expects clips of shape (B, N, 3, H, W), got {tuple(clips.shape)}")
+        b, n = clips.shape[:2]
+        if self.enhance and n != self.num_frames:
+            raise ValueError(f"STA was built for num_frames={self.num_frames} (the N x N enhancement prior) "
+                             f"but got clips with N={n}; shape {tuple(clips.shape)}")
+        fmap = self.backbone(clips.flatten(0, 1))                      # (B*N, D, h, w)
+        grid = tuple(fmap.shape[-2:])
+        f = fmap.flatten(2).transpose(1, 2)                            # (B*N, L, D)
+        if self.spatial_mode == "attention":
+            pooled, attn = ops.spatial_softmax_pool(self.spatial_logits(f).to(f.dtype), f)  # Eqs. 2-3
+            if self.diversity_kind != "none":
+                diversity = ops.diversity_penalty(attn, self.diversity_kind)        # Eqs. 9-10
+            else:
+                diversity = f.new_zeros((), dtype=torch.float32)
+            spatial = attn.view(b, n, self.num_heads, -1)
+        else:
+            pooled, spatial = f.mean(dim=1, keepdim=True), None
+            diversity = f.new_zeros((), dtype=torch.float32)
+        x = pooled.view(b, n, self.num_heads, self.feat_dim)            # (B, N, K, D)
+        if self.enhance:                                                 # Eq. 4
+            psi = self.enhance_weight * self.enhance_decay + self.enhance_bias[None, :]
+            x = self.enhance_fc(ops.frame_attention(x, psi.to(x.dtype), self.enhance_scale)) + x
+        temporal = None
+        if self.temporal_mode == "attention":                            # Eqs. 11-13
+            e = torch.einsum("bnkd,kd->bnk", x, self.temporal_weight.to(x.dtype)) + self.temporal_bias.to(x.dtype)
+            temporal = torch.softmax(e.float(), dim=1)
+            clip = torch.einsum("bnk,bnkd->bkd", temporal.to(x.dtype), x)
+        elif self.temporal_mode == "avg":
+            clip = x.mean(dim=1)
+        else:
+            clip = x.amax(dim=1)
+        embedding = F.normalize(self.embed(clip.flatten(1)).float(), dim=1)  # Eq. 15, FC, L2 norm
+        return STAOutput(embedding, diversity, spatial, temporal, grid)
+
+
+def build_model(ablation: str | None = None, **kwargs) -> STA:
+    """STA with the settings of a Table 1 row (`ABLATIONS`) overridden by `kwargs`."""
+    if ablation is not None:
+        if ablation not in ABLATIONS:
+            raise ValueError(f"unknown ablation {ablation!r}; expected one of {sorted(ABLATIONS)}")
+        kwargs = {**ABLATIONS[ablation], **kwargs}
+    return STA(**kwargs)

@@ -1,0 +1,26 @@
+import torch
+
+from stafast import ops
+from .cases import close, fa_inputs, ssp_inputs
+
+
+def head(logits, feats, bias):
+    """All three ops in one function, as a model head uses them."""
+    pooled, attn = ops.spatial_softmax_pool(logits, feats)
+    b = bias.shape[0]
+    x = pooled.view(-1, b, *pooled.shape[1:])
+    mixed = ops.frame_attention(x, bias, 0.25)
+    return mixed.square().mean() + ops.diversity_penalty(attn) + ops.diversity_penalty(attn, "l2", "sum")
+
+
+def test_compile_fullgraph_all_three_ops():
+    logits, feats = ssp_inputs((6, 2, 7, 5), torch.float32, requires_grad=True)
+    _, bias, _ = fa_inputs((2, 3, 2, 5), torch.float32, requires_grad=True)
+    compiled = torch.compile(head, fullgraph=True, backend="inductor")
+    loss = compiled(logits, feats, bias)
+    grads = torch.autograd.grad(loss, (logits, feats, bias))
+    want_loss = head(logits, feats, bias)
+    want = torch.autograd.grad(want_loss, (logits, feats, bias))
+    close(loss, want_loss, torch.float32, "loss")
+    for g, w in zip(grads, want):
+        close(g, w, torch.float32, "grad")
