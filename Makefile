@@ -6,7 +6,7 @@ PIP := $(PY) -m pip install --disable-pip-version-check -q
 
 .PHONY: install demo test bench
 install:
-	$(PIP) torch==2.14.1 torchvision==0.29.1
+	$(PIP) torch==2.14.1 torchvision==0.29.1 ninja
 	$(PIP) --no-build-isolation -e ".[test]"
 
 demo: install

@@ -30,18 +30,27 @@ def extensions():
     cpu_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     if not cpu_sources:
         return [], {}
+    nvcc = shutil.which("nvcc")
+    if nvcc and not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+        # torch guesses CUDA_HOME from nvcc's folder; a wrapper in /usr/local/bin misleads it.
+        for home in (os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "/usr/local/cuda"):
+            if os.path.isfile(os.path.join(home, "include", "cuda_runtime.h")):
+                os.environ["CUDA_HOME"] = home
+                break
     from torch.utils import cpp_extension
 
     want_cuda = _flag("STAFAST_CUDA")
     have_cuda = cpp_extension.CUDA_HOME is not None and shutil.which("nvcc") is not None
     if want_cuda is None:
         want_cuda = have_cuda and __import__("torch").version.cuda is not None
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp"]  # torch's BuildExtension adds the C++ standard its headers need
+    if _flag("STAFAST_NATIVE") is not False:  # vectorise for this CPU (the build runs where it is used)
+        cxx.append("-march=native")
     kwargs = dict(name="stafast._C", include_dirs=[os.path.join(HERE, "csrc")],
                   extra_link_args=["-fopenmp"])
     if want_cuda:
         cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
-        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr",
+        nvcc = ["-O3", "--expt-relaxed-constexpr",
                 "-gencode=arch=compute_80,code=sm_80",
                 "-gencode=arch=compute_90,code=sm_90"]
         ext = cpp_extension.CUDAExtension(

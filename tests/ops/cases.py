@@ -17,6 +17,8 @@ TOL = {torch.float32: dict(rtol=2e-4, atol=2e-5), torch.float64: dict(rtol=1e-9,
 
 BACKENDS = available_backends("cpu")
 backends = pytest.mark.parametrize("backend_name", BACKENDS)
+# The Triton interpreter has no 16-bit math: bf16/fp16 Triton runs are checked on the GPU (bench/gpu_check.py).
+low_precision_backends = pytest.mark.parametrize("backend_name", [b for b in BACKENDS if b != "triton"])
 
 
 def ssp_inputs(shape, dtype=torch.float64, requires_grad=False):

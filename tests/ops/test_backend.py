@@ -63,3 +63,21 @@ def test_auto_falls_back_when_a_backend_fails(monkeypatch):
     with pytest.warns(RuntimeWarning, match="backend 'triton' failed.*simulated compile failure.*falling back to 'reference'"):
         assert _backend.dispatch(impls, 0, torch.device("cpu"), 1) == 2
     assert _backend.resolve(torch.device("cpu")) == ["reference"]
+
+
+def test_missing_extension_is_reported_once(monkeypatch):
+    real_import = _backend.importlib.import_module
+
+    def fake_import(name):
+        if name == "stafast._C":
+            raise ModuleNotFoundError("No module named 'stafast._C'")
+        return real_import(name)
+
+    monkeypatch.setattr(_backend.importlib, "import_module", fake_import)
+    monkeypatch.setattr(_backend, "_probe", {})
+    with pytest.warns(RuntimeWarning, match="extension stafast._C is not built") as record:
+        assert "ext" not in ops.available_backends("cpu")
+        assert "ext" not in ops.available_backends("cpu")
+    assert len([w for w in record if "stafast._C" in str(w.message)]) == 1
+    with ops.backend("reference"):  # still works
+        ops.diversity_penalty(attn_inputs((2, 2, 3)))

@@ -4,7 +4,7 @@ import torch
 
 from stafast import ops
 from stafast.ops import reference
-from .cases import DIV_SHAPES, DTYPES, attn_inputs, backends, close, np64
+from .cases import DIV_SHAPES, DTYPES, attn_inputs, backends, close, low_precision_backends, np64
 
 
 def oracle(attn, kind):
@@ -90,12 +90,17 @@ def test_opcheck(backend_name):
                                   (torch.randn(3), attn.detach(), kind))
 
 
-def test_bfloat16_gives_float32():
-    attn = attn_inputs((3, 4, 6), torch.bfloat16)
-    with ops.backend("reference"):
+@low_precision_backends
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_gives_float32(backend_name, dtype):
+    attn = attn_inputs((3, 4, 6), dtype, requires_grad=True)
+    with ops.backend(backend_name):
         q = ops.diversity_penalty(attn, reduction="none")
-    assert q.dtype == torch.float32
-    close(q, torch.from_numpy(oracle(attn, "hellinger")[0]), torch.bfloat16, "Q")
+        q.sum().backward()
+    assert q.dtype == torch.float32 and attn.grad.dtype == dtype
+    want_q, want_grad = oracle(attn, "hellinger")
+    close(q, torch.from_numpy(want_q), dtype, "Q")
+    close(attn.grad, torch.from_numpy(want_grad), dtype, "grad attn")
 
 
 @pytest.mark.parametrize("args, match", [

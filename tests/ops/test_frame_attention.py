@@ -6,7 +6,7 @@ import torch
 
 from stafast import ops
 from stafast.ops import reference
-from .cases import DTYPES, FA_SHAPES, backends, close, fa_inputs, like, np64
+from .cases import DTYPES, FA_SHAPES, backends, close, fa_inputs, like, low_precision_backends, np64
 
 
 def oracle(x, bias, scale):
@@ -56,6 +56,21 @@ def test_opcheck(backend_name):
         torch.library.opcheck(torch.ops.stafast.frame_attention.default, (x, bias, scale))
         torch.library.opcheck(torch.ops.stafast.frame_attention_backward.default,
                               (torch.randn(2, 3, 2, 5), x.detach(), bias.detach(), scale))
+
+
+@low_precision_backends
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit(backend_name, dtype):
+    x, bias, scale = fa_inputs((2, 3, 2, 5), dtype, requires_grad=True)
+    with ops.backend(backend_name):
+        out = ops.frame_attention(x, bias, scale)
+        g = like(out)
+        grads = torch.autograd.grad(out, (x, bias), g)
+    assert out.dtype == grads[0].dtype == grads[1].dtype == dtype
+    close(out, torch.from_numpy(oracle(x, bias, scale)), dtype, "out")
+    want = reference.frame_attention_backward(g.double(), x.detach().double(), bias.detach().double(), scale)
+    close(grads[0], want[0], dtype, "grad x")
+    close(grads[1], want[1], dtype, "grad bias")
 
 
 def test_rows_are_the_contributions_to_frame_i():

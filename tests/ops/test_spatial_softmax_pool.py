@@ -4,7 +4,7 @@ import torch
 
 from stafast import ops
 from stafast.ops import reference
-from .cases import DTYPES, SSP_SHAPES, backends, close, like, np64, ssp_inputs
+from .cases import DTYPES, SSP_SHAPES, backends, close, like, low_precision_backends, np64, ssp_inputs
 
 
 def oracle(logits, feats):
@@ -65,12 +65,20 @@ def test_opcheck(backend_name):
                               (*g, logits.detach(), feats.detach()))
 
 
-def test_bfloat16_reference_dtype():
-    logits, feats = ssp_inputs((3, 2, 7, 5), torch.bfloat16)
-    with ops.backend("reference"):
+@low_precision_backends
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit(backend_name, dtype):
+    logits, feats = ssp_inputs((3, 2, 7, 5), dtype, requires_grad=True)
+    with ops.backend(backend_name):
         pooled, attn = ops.spatial_softmax_pool(logits, feats)
-    assert pooled.dtype == attn.dtype == torch.bfloat16
-    close(pooled, torch.from_numpy(oracle(logits, feats)[0]), torch.bfloat16, "pooled")
+        g = like(pooled)
+        grads = torch.autograd.grad(pooled, (logits, feats), g)
+    assert pooled.dtype == attn.dtype == dtype
+    close(pooled, torch.from_numpy(oracle(logits, feats)[0]), dtype, "pooled")
+    want = reference.spatial_softmax_pool_backward(g.double(), torch.zeros(3, 2, 7, dtype=torch.float64),
+                                                   logits.detach().double(), feats.detach().double())
+    close(grads[0], want[0], dtype, "grad logits")
+    close(grads[1], want[1], dtype, "grad feats")
 
 
 @pytest.mark.parametrize("make, match", [

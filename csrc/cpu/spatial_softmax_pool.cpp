@@ -1,0 +1,130 @@
+// CPU kernels of spatial_softmax_pool (Eqs. 2-3). Parallel over frames; per frame, each feats
+// row is streamed once for all K heads (inner loops over D are contiguous and vectorise).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "common.h"
+
+namespace stafast {
+namespace {
+
+template <typename T>
+void softmax_rows(const T* __restrict__ logits, T* __restrict__ attn, int64_t K, int64_t L) {
+  for (int64_t k = 0; k < K; ++k) {
+    const T* e = logits + k * L;
+    T* a = attn + k * L;
+    T mx = e[0];
+    for (int64_t l = 1; l < L; ++l) mx = std::max(mx, e[l]);
+    T sum = 0;
+    for (int64_t l = 0; l < L; ++l) sum += (a[l] = std::exp(e[l] - mx));
+    const T inv = T(1) / sum;
+    for (int64_t l = 0; l < L; ++l) a[l] *= inv;
+  }
+}
+
+template <typename T>
+void forward_kernel(const T* logits, const T* feats, T* pooled, T* attn, int64_t M, int64_t K, int64_t L, int64_t D) {
+  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      T* a = attn + m * K * L;
+      softmax_rows(logits + m * K * L, a, K, L);
+      T* out = pooled + m * K * D;
+      std::fill(out, out + K * D, T(0));
+      for (int64_t l = 0; l < L; ++l) {
+        const T* __restrict__ f = feats + (m * L + l) * D;
+        for (int64_t k = 0; k < K; ++k) {
+          const T w = a[k * L + l];
+          T* __restrict__ o = out + k * D;
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) o[d] += w * f[d];
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_kernel(const T* grad_pooled, const T* grad_attn, const T* logits, const T* feats, T* grad_logits,
+                     T* grad_feats, int64_t M, int64_t K, int64_t L, int64_t D) {
+  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> attn(K * L), d_attn(K * L);
+    for (int64_t m = begin; m < end; ++m) {
+      softmax_rows(logits + m * K * L, attn.data(), K, L);
+      const T* gp = grad_pooled + m * K * D;
+      for (int64_t l = 0; l < L; ++l) {
+        const T* __restrict__ f = feats + (m * L + l) * D;
+        T* __restrict__ gf = grad_feats + (m * L + l) * D;
+        std::fill(gf, gf + D, T(0));
+        for (int64_t k = 0; k < K; ++k) {
+          const T* __restrict__ g = gp + k * D;
+          const T w = attn[k * L + l];
+          T dot = 0;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t d = 0; d < D; ++d) {
+            dot += g[d] * f[d];      // (g_pooled feats^T)[k, l]
+            gf[d] += w * g[d];       // (attn^T g_pooled)[l, :]
+          }
+          d_attn[k * L + l] = grad_attn[(m * K + k) * L + l] + dot;
+        }
+      }
+      for (int64_t k = 0; k < K; ++k) {  // softmax backward
+        T inner = 0;
+        for (int64_t l = 0; l < L; ++l) inner += attn[k * L + l] * d_attn[k * L + l];
+        for (int64_t l = 0; l < L; ++l)
+          grad_logits[(m * K + k) * L + l] = attn[k * L + l] * (d_attn[k * L + l] - inner);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& logits_in, const at::Tensor& feats_in) {
+  check_input(logits_in, "logits", 3);
+  check_input(feats_in, "feats", 3);
+  const auto logits = compute_copy(logits_in);
+  const auto feats = compute_copy(feats_in).to(logits.scalar_type());
+  const int64_t M = logits.size(0), K = logits.size(1), L = logits.size(2), D = feats.size(2);
+  TORCH_CHECK(feats.size(0) == M && feats.size(1) == L, "stafast_ext: feats must be (M, L, D) = (", M, ", ", L,
+              ", D), got ", feats.sizes());
+  auto pooled = at::empty({M, K, D}, logits.options());
+  auto attn = at::empty({M, K, L}, logits.options());
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "spatial_softmax_pool", [&] {
+    forward_kernel<scalar_t>(logits.data_ptr<scalar_t>(), feats.data_ptr<scalar_t>(), pooled.data_ptr<scalar_t>(),
+                             attn.data_ptr<scalar_t>(), M, K, L, D);
+  });
+  return {pooled.to(feats_in.scalar_type()), attn.to(logits_in.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_pooled_in, const at::Tensor& grad_attn_in,
+                                            const at::Tensor& logits_in, const at::Tensor& feats_in) {
+  check_input(logits_in, "logits", 3);
+  check_input(feats_in, "feats", 3);
+  const auto logits = compute_copy(logits_in);
+  const auto dtype = logits.scalar_type();
+  const auto feats = compute_copy(feats_in).to(dtype);
+  const auto grad_pooled = compute_copy(grad_pooled_in).to(dtype);
+  const auto grad_attn = compute_copy(grad_attn_in).to(dtype);
+  const int64_t M = logits.size(0), K = logits.size(1), L = logits.size(2), D = feats.size(2);
+  TORCH_CHECK(grad_pooled.sizes() == at::IntArrayRef({M, K, D}) && grad_attn.sizes() == logits.sizes() &&
+                  feats.size(0) == M && feats.size(1) == L,
+              "stafast_ext: spatial_softmax_pool_backward got mismatched shapes");
+  auto grad_logits = at::empty_like(logits);
+  auto grad_feats = at::empty_like(feats);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "spatial_softmax_pool_backward", [&] {
+    backward_kernel<scalar_t>(grad_pooled.data_ptr<scalar_t>(), grad_attn.data_ptr<scalar_t>(),
+                              logits.data_ptr<scalar_t>(), feats.data_ptr<scalar_t>(),
+                              grad_logits.data_ptr<scalar_t>(), grad_feats.data_ptr<scalar_t>(), M, K, L, D);
+  });
+  return {grad_logits.to(logits_in.scalar_type()), grad_feats.to(feats_in.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(stafast_ext, CPU, m) {
+  m.impl("spatial_softmax_pool", &forward);
+  m.impl("spatial_softmax_pool_backward", &backward);
+}
+
+}  // namespace stafast
