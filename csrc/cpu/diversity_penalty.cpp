@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -11,10 +12,18 @@
 namespace stafast {
 namespace {
 
+// Frames per task: a frame is only K*K*L/2 multiply-adds, so small batches stay on one thread.
+constexpr int64_t kGrain = 128;
+
 // R (K x L) and E = R R^T - I (K x K) of one frame; R = sqrt(S) (0 where S <= 0) or S.
 template <typename T>
 void gram_minus_identity(const T* s, T* r, T* e, int64_t K, int64_t L, bool hellinger) {
-  for (int64_t i = 0; i < K * L; ++i) r[i] = hellinger ? (s[i] > 0 ? std::sqrt(s[i]) : T(0)) : s[i];
+  if (hellinger) {
+#pragma omp simd
+    for (int64_t i = 0; i < K * L; ++i) r[i] = std::sqrt(std::max(s[i], T(0)));  // branch-free: vectorises
+  } else {
+    std::copy_n(s, K * L, r);
+  }
   for (int64_t i = 0; i < K; ++i) {
     for (int64_t j = 0; j <= i; ++j) {
       const T* __restrict__ a = r + i * L;
@@ -29,7 +38,7 @@ void gram_minus_identity(const T* s, T* r, T* e, int64_t K, int64_t L, bool hell
 
 template <typename T>
 void forward_kernel(const T* attn, T* q, int64_t M, int64_t K, int64_t L, bool hellinger) {
-  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
     std::vector<T> r(K * L), e(K * K);
     for (int64_t m = begin; m < end; ++m) {
       gram_minus_identity(attn + m * K * L, r.data(), e.data(), K, L, hellinger);
@@ -42,7 +51,7 @@ void forward_kernel(const T* attn, T* q, int64_t M, int64_t K, int64_t L, bool h
 
 template <typename T>
 void backward_kernel(const T* grad, const T* attn, T* grad_attn, int64_t M, int64_t K, int64_t L, bool hellinger) {
-  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
     std::vector<T> r(K * L), e(K * K), er(L);
     for (int64_t m = begin; m < end; ++m) {
       const T* s = attn + m * K * L;
@@ -56,11 +65,16 @@ void backward_kernel(const T* grad, const T* attn, T* grad_attn, int64_t M, int6
 #pragma omp simd
           for (int64_t l = 0; l < L; ++l) er[l] += w * rj[l];
         }
-        T* out = grad_attn + (m * K + k) * L;
-        for (int64_t l = 0; l < L; ++l) {
-          // Hellinger: 2 (E R) / R, and 0 where S <= 0 (see stafast/ops/reference.py); l2: 4 E S.
-          const T rk = r[k * L + l];
-          out[l] = hellinger ? (s[k * L + l] > 0 ? 2 * er[l] / rk * g : T(0)) : 4 * er[l] * g;
+        T* __restrict__ out = grad_attn + (m * K + k) * L;
+        const T* __restrict__ sk = s + k * L;
+        const T* __restrict__ rk = r.data() + k * L;
+        // Hellinger: 2 (E R) / R, and 0 where S <= 0 (see stafast/ops/reference.py); l2: 4 E S.
+        if (hellinger) {
+#pragma omp simd
+          for (int64_t l = 0; l < L; ++l) out[l] = sk[l] > 0 ? 2 * g * er[l] / (sk[l] > 0 ? rk[l] : T(1)) : T(0);
+        } else {
+#pragma omp simd
+          for (int64_t l = 0; l < L; ++l) out[l] = 4 * g * er[l];
         }
       }
     }

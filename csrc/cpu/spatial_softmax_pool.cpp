@@ -1,5 +1,6 @@
-// CPU kernels of spatial_softmax_pool (Eqs. 2-3). Parallel over frames; per frame, each feats
-// row is streamed once for all K heads (inner loops over D are contiguous and vectorise).
+// CPU kernels of spatial_softmax_pool (Eqs. 2-3). Parallel over frames; per frame the softmax is
+// recomputed (K x L values) and the products over D run as register-blocked loops (blocked.h).
+#include <algorithm>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/blocked.h"
 
 namespace stafast {
 namespace {
@@ -31,17 +33,7 @@ void forward_kernel(const T* logits, const T* feats, T* pooled, T* attn, int64_t
     for (int64_t m = begin; m < end; ++m) {
       T* a = attn + m * K * L;
       softmax_rows(logits + m * K * L, a, K, L);
-      T* out = pooled + m * K * D;
-      std::fill(out, out + K * D, T(0));
-      for (int64_t l = 0; l < L; ++l) {
-        const T* __restrict__ f = feats + (m * L + l) * D;
-        for (int64_t k = 0; k < K; ++k) {
-          const T w = a[k * L + l];
-          T* __restrict__ o = out + k * D;
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) o[d] += w * f[d];
-        }
-      }
+      mix_rows(a, L, 1, feats + m * L * D, D, pooled + m * K * D, D, K, L, D);  // attn feats
     }
   });
 }
@@ -54,22 +46,10 @@ void backward_kernel(const T* grad_pooled, const T* grad_attn, const T* logits, 
     for (int64_t m = begin; m < end; ++m) {
       softmax_rows(logits + m * K * L, attn.data(), K, L);
       const T* gp = grad_pooled + m * K * D;
-      for (int64_t l = 0; l < L; ++l) {
-        const T* __restrict__ f = feats + (m * L + l) * D;
-        T* __restrict__ gf = grad_feats + (m * L + l) * D;
-        std::fill(gf, gf + D, T(0));
-        for (int64_t k = 0; k < K; ++k) {
-          const T* __restrict__ g = gp + k * D;
-          const T w = attn[k * L + l];
-          T dot = 0;
-#pragma omp simd reduction(+ : dot)
-          for (int64_t d = 0; d < D; ++d) {
-            dot += g[d] * f[d];      // (g_pooled feats^T)[k, l]
-            gf[d] += w * g[d];       // (attn^T g_pooled)[l, :]
-          }
-          d_attn[k * L + l] = grad_attn[(m * K + k) * L + l] + dot;
-        }
-      }
+      const T* f = feats + m * L * D;
+      mix_rows(attn.data(), 1, L, gp, D, grad_feats + m * L * D, D, L, K, D);  // attn^T g_pooled
+      std::copy_n(grad_attn + m * K * L, K * L, d_attn.data());
+      row_dots(gp, f, D, D, d_attn.data(), L, K, L, D);                         // + g_pooled feats^T
       for (int64_t k = 0; k < K; ++k) {  // softmax backward
         T inner = 0;
         for (int64_t l = 0; l < L; ++l) inner += attn[k * L + l] * d_attn[k * L + l];

@@ -1,0 +1,126 @@
+"""Shared benchmark harness: shapes, implementations side by side, timing, records.
+
+Implementations of an op, compared in one pytest-benchmark group per (op, mode, shape, dtype):
+  eager    the reference (stafast/ops/reference.py) in plain PyTorch, autograd for backward
+  compile  torch.compile of the same reference
+  triton   the op through the Triton backend (GPU only: the CPU interpreter is for tests)
+  ext      the op through the C++/CUDA extension (when built)
+Modes: fwd (forward with autograd recording, as in training), bwd (backward of a recorded
+forward), fwd+bwd.  On GPU every call is synchronised and triton.testing.do_bench's median
+goes into extra_info; figures go to JSON with the device and versions (bench/report.py).
+"""
+from __future__ import annotations
+
+import os
+import platform
+
+import pytest
+import torch
+
+from stafast import ops
+from stafast.ops import reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Paper: B=32 clips x N=6 frames, 8x4 grid (L=32), ResNet-50 (D=2048), K=6 heads; and twice the clips.
+SHAPES = {"paper": dict(B=32, N=6, L=32, D=2048, K=6), "large": dict(B=64, N=6, L=32, D=2048, K=6)}
+if DEVICE == "cuda":  # the last-stride-1 grid (16x8) with more heads, only where memory and time allow
+    SHAPES["large"] = dict(B=64, N=8, L=128, D=2048, K=8)
+DTYPES = [torch.bfloat16, torch.float32] if DEVICE == "cuda" else [torch.float32]
+MODES = ["fwd", "bwd", "fwd+bwd"]
+IMPLS = ["eager", "compile", "triton", "ext"]
+
+
+def skip_reason(impl: str) -> str | None:
+    if impl in ("eager", "compile"):
+        return None
+    if impl == "triton" and DEVICE == "cpu":
+        return "triton: no GPU here (the CPU interpreter is a test path, not a performance path)"
+    if impl not in ops.available_backends(DEVICE):
+        return f"{impl}: backend not available on {DEVICE}"
+    return None
+
+
+def implementation(op: str, impl: str):
+    """A callable with the op's signature for `impl`."""
+    if impl == "eager":
+        return getattr(reference, op)
+    if impl == "compile":
+        return torch.compile(getattr(reference, op), dynamic=False)
+    fn = getattr(ops, op)
+
+    def run(*args):
+        with ops.backend(impl):
+            return fn(*args)
+    return run
+
+
+def bench(benchmark, fn, inputs: tuple, mode: str, group: str, extra: dict):
+    """Time `mode` of fn(*inputs); inputs that are float tensors get gradients."""
+    benchmark.group = group
+    diff = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+
+    def outputs():
+        out = fn(*inputs)
+        return out if isinstance(out, tuple) else (out,)
+
+    ref_out = outputs()  # warm-up (and compilation) outside the timed region
+    grads = [torch.randn_like(o) for o in ref_out]
+
+    if mode == "fwd":
+        step = outputs
+    elif mode == "fwd+bwd":
+        def step():
+            return torch.autograd.grad(outputs(), diff, grads)
+    else:
+        def step():
+            return torch.autograd.grad(ref_out, diff, grads, retain_graph=True)
+
+    step()
+    benchmark.extra_info.update(extra)
+    benchmark.extra_info.update(device=device_name(), torch=torch.__version__, triton=triton_version(), mode=mode)
+    if DEVICE == "cuda":
+        import triton.testing
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        benchmark.extra_info["median_ms"] = triton.testing.do_bench(step, warmup=25, rep=200, return_mode="median")
+        benchmark.extra_info["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+
+        def synced():
+            step()
+            torch.cuda.synchronize()
+        benchmark.pedantic(synced, rounds=30, warmup_rounds=3, iterations=1)
+    else:
+        benchmark.pedantic(step, rounds=int(os.environ.get("STAFAST_BENCH_ROUNDS", 7)), warmup_rounds=1, iterations=1)
+
+
+def device_name() -> str:
+    if DEVICE == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def triton_version() -> str | None:
+    try:
+        import triton
+        return triton.__version__
+    except ImportError:
+        return None
+
+
+def params(op_shapes=SHAPES):
+    """pytest parameters (impl, mode, shape name, dtype), with skips that say why."""
+    out = []
+    for impl in IMPLS:
+        reason = skip_reason(impl)
+        for mode in MODES:
+            for shape in op_shapes:
+                for dtype in DTYPES:
+                    marks = [pytest.mark.skip(reason=reason)] if reason else []
+                    out.append(pytest.param(impl, mode, shape, dtype, marks=marks,
+                                            id=f"{impl}-{mode}-{shape}-{str(dtype).removeprefix('torch.')}"))
+    return out
+
+
+def group(op: str, mode: str, shape: str, dtype: torch.dtype) -> str:
+    dims = ",".join(f"{k}={v}" for k, v in SHAPES[shape].items())
+    return f"{op} {mode} {shape}({dims}) {str(dtype).removeprefix('torch.')}"
