@@ -16,9 +16,14 @@ import platform
 
 import pytest
 import torch
+import torch._functorch.config
 
 from stafast import ops
 from stafast.ops import reference
+
+# bwd mode replays one recorded forward (retain_graph=True), which compiled backwards with donated
+# buffers refuse; donation only saves memory, so it is off for the benchmarks.
+torch._functorch.config.donated_buffer = False
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Paper: B=32 clips x N=6 frames, 8x4 grid (L=32), ResNet-50 (D=2048), K=6 heads; and twice the clips.

@@ -1,5 +1,10 @@
-"""Shapes, input factories, tolerances and the backend list shared by every op test (all backends)."""
+"""Shapes, input factories, tolerances and the backend list shared by every op test (all backends).
+
+Tensors are made on STAFAST_TEST_DEVICE (default cpu; the GPU check runs the same tests with cuda).
+"""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -15,16 +20,18 @@ DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: dict(rtol=2e-4, atol=2e-5), torch.float64: dict(rtol=1e-9, atol=1e-10),
        torch.bfloat16: dict(rtol=3e-2, atol=3e-2), torch.float16: dict(rtol=5e-3, atol=5e-3)}
 
-BACKENDS = available_backends("cpu")
+DEVICE = os.environ.get("STAFAST_TEST_DEVICE", "cpu")
+BACKENDS = available_backends(DEVICE)
 backends = pytest.mark.parametrize("backend_name", BACKENDS)
-# The Triton interpreter has no 16-bit math: bf16/fp16 Triton runs are checked on the GPU (bench/gpu_check.py).
-low_precision_backends = pytest.mark.parametrize("backend_name", [b for b in BACKENDS if b != "triton"])
+# The Triton interpreter has no 16-bit math: bf16/fp16 Triton runs are checked on the GPU (bench/gpu_check.sh).
+low_precision_backends = pytest.mark.parametrize(
+    "backend_name", [b for b in BACKENDS if b != "triton" or DEVICE != "cpu"])
 
 
 def ssp_inputs(shape, dtype=torch.float64, requires_grad=False):
     m, k, l, d = shape
-    logits = (2 * torch.randn(m, k, l, dtype=dtype)).requires_grad_(requires_grad)
-    feats = torch.randn(m, l, d, dtype=dtype).requires_grad_(requires_grad)
+    logits = (2 * torch.randn(m, k, l, dtype=dtype, device=DEVICE)).requires_grad_(requires_grad)
+    feats = torch.randn(m, l, d, dtype=dtype, device=DEVICE).requires_grad_(requires_grad)
     return logits, feats
 
 
@@ -36,25 +43,26 @@ def attn_inputs(shape, dtype=torch.float64, requires_grad=False, zeros=False, sp
         s = s * (torch.rand(shape, dtype=torch.float64) > 0.35)
         s[..., 0] += 1e-3  # keep every row non-empty
         s = s / s.sum(-1, keepdim=True)
-    return s.to(dtype).requires_grad_(requires_grad)
+    return s.to(dtype=dtype, device=DEVICE).requires_grad_(requires_grad)
 
 
 def fa_inputs(shape, dtype=torch.float64, requires_grad=False):
     b, n, k, d = shape
-    x = torch.randn(b, n, k, d, dtype=dtype).requires_grad_(requires_grad)
-    bias = torch.randn(n, n, dtype=dtype).requires_grad_(requires_grad)
+    x = torch.randn(b, n, k, d, dtype=dtype, device=DEVICE).requires_grad_(requires_grad)
+    bias = torch.randn(n, n, dtype=dtype, device=DEVICE).requires_grad_(requires_grad)
     scale = float(np.random.default_rng(torch.randint(0, 2**31, ()).item()).uniform(0.1, 1.0))
     return x, bias, scale
 
 
 def like(t: torch.Tensor) -> torch.Tensor:
     """Random upstream gradient of t's shape and dtype (never all zeros)."""
-    return torch.randn(t.shape, dtype=t.dtype)
+    return torch.randn_like(t)
 
 
 def close(actual, expected, dtype, what=""):
-    torch.testing.assert_close(actual.double(), expected.double(), **TOL[dtype], msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(actual.detach().cpu().double(), expected.detach().cpu().double(), **TOL[dtype],
+                               msg=lambda m: f"{what}: {m}")
 
 
 def np64(t: torch.Tensor) -> np.ndarray:
-    return t.detach().double().numpy()
+    return t.detach().cpu().double().numpy()

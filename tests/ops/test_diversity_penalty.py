@@ -4,7 +4,7 @@ import torch
 
 from stafast import ops
 from stafast.ops import reference
-from .cases import DIV_SHAPES, DTYPES, attn_inputs, backends, close, low_precision_backends, np64
+from .cases import DEVICE, DIV_SHAPES, DTYPES, attn_inputs, backends, close, low_precision_backends, np64
 
 
 def oracle(attn, kind):
@@ -33,7 +33,7 @@ def test_values_and_grads(backend_name, shape, dtype, kind):
     assert q.shape == shape[:1] and q.dtype == dtype
     close(q, torch.from_numpy(oracle(attn, kind)[0]), dtype, "Q")
 
-    g = torch.rand(shape[0], dtype=dtype) + 0.5
+    g = torch.rand(shape[0], dtype=dtype, device=DEVICE) + 0.5
     (grad,) = torch.autograd.grad(q, attn, g)
     a64 = attn.detach().double().requires_grad_()
     (want,) = torch.autograd.grad(reference.diversity_penalty(a64, kind), a64, g.double())
@@ -87,7 +87,7 @@ def test_opcheck(backend_name):
         for kind in ("hellinger", "l2"):
             torch.library.opcheck(torch.ops.stafast.diversity_penalty.default, (attn, kind))
             torch.library.opcheck(torch.ops.stafast.diversity_penalty_backward.default,
-                                  (torch.randn(3), attn.detach(), kind))
+                                  (torch.randn(3, device=DEVICE), attn.detach(), kind))
 
 
 @low_precision_backends

@@ -6,7 +6,7 @@ import torch
 
 from stafast import ops
 from stafast.ops import reference
-from .cases import DTYPES, FA_SHAPES, backends, close, fa_inputs, like, low_precision_backends, np64
+from .cases import DEVICE, DTYPES, FA_SHAPES, backends, close, fa_inputs, like, low_precision_backends, np64
 
 
 def oracle(x, bias, scale):
@@ -55,7 +55,7 @@ def test_opcheck(backend_name):
     with ops.backend(backend_name):
         torch.library.opcheck(torch.ops.stafast.frame_attention.default, (x, bias, scale))
         torch.library.opcheck(torch.ops.stafast.frame_attention_backward.default,
-                              (torch.randn(2, 3, 2, 5), x.detach(), bias.detach(), scale))
+                              (torch.randn(2, 3, 2, 5, device=DEVICE), x.detach(), bias.detach(), scale))
 
 
 @low_precision_backends

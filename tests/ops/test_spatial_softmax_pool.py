@@ -4,7 +4,7 @@ import torch
 
 from stafast import ops
 from stafast.ops import reference
-from .cases import DTYPES, SSP_SHAPES, backends, close, like, low_precision_backends, np64, ssp_inputs
+from .cases import DEVICE, DTYPES, SSP_SHAPES, backends, close, like, low_precision_backends, np64, ssp_inputs
 
 
 def oracle(logits, feats):
@@ -60,7 +60,7 @@ def test_opcheck(backend_name):
     logits, feats = ssp_inputs((3, 2, 7, 5), torch.float32, requires_grad=True)
     with ops.backend(backend_name):
         torch.library.opcheck(torch.ops.stafast.spatial_softmax_pool.default, (logits, feats))
-        g = (torch.randn(3, 2, 5), torch.randn(3, 2, 7))
+        g = (torch.randn(3, 2, 5, device=DEVICE), torch.randn(3, 2, 7, device=DEVICE))
         torch.library.opcheck(torch.ops.stafast.spatial_softmax_pool_backward.default,
                               (*g, logits.detach(), feats.detach()))
 
@@ -75,7 +75,7 @@ def test_16_bit(backend_name, dtype):
         grads = torch.autograd.grad(pooled, (logits, feats), g)
     assert pooled.dtype == attn.dtype == dtype
     close(pooled, torch.from_numpy(oracle(logits, feats)[0]), dtype, "pooled")
-    want = reference.spatial_softmax_pool_backward(g.double(), torch.zeros(3, 2, 7, dtype=torch.float64),
+    want = reference.spatial_softmax_pool_backward(g.double(), torch.zeros(3, 2, 7, dtype=torch.float64, device=DEVICE),
                                                    logits.detach().double(), feats.detach().double())
     close(grads[0], want[0], dtype, "grad logits")
     close(grads[1], want[1], dtype, "grad feats")

@@ -1,0 +1,60 @@
+"""Markdown table of a benchmark run: ratios against eager and torch.compile, bandwidth.
+
+    pytest bench --benchmark-only --benchmark-json=bench/results/RUN.json
+    python bench/report.py bench/results/RUN.json > table.md
+
+Time per implementation is the median (on GPU the do_bench median in extra_info).
+"speedup vs X" = time(X) / time(impl).  Bandwidth (forward, minimum bytes moved / time) is
+given against the copy bandwidth measured in the same run.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+
+def seconds(b: dict) -> float:
+    extra = b.get("extra_info", {})
+    return extra["median_ms"] / 1e3 if "median_ms" in extra else b["stats"]["median"]
+
+
+def main(path: str) -> str:
+    run = json.load(open(path))
+    benches = run["benchmarks"]
+    copy = [b for b in benches if b["extra_info"].get("op") == "copy"]
+    copy_bw = copy[0]["extra_info"]["bytes"] / seconds(copy[0]) if copy else None
+    groups = defaultdict(dict)
+    for b in benches:
+        if b["extra_info"].get("op") != "copy":
+            groups[b["group"]][b["extra_info"]["impl"]] = b
+    first = benches[0]["extra_info"]
+    lines = [f"Device: {first.get('device')}; torch {first.get('torch')}, triton {first.get('triton')}; "
+             f"machine: {run['machine_info'].get('cpu', {}).get('brand_raw', run['machine_info'].get('processor'))}; "
+             f"date {run.get('datetime', '?')[:19]}.",
+             ""]
+    if copy_bw:
+        lines += [f"Measured copy bandwidth: {copy_bw / 1e9:.1f} GB/s (read + write).", ""]
+    lines += ["| op, mode, shape, dtype | impl | median | vs eager | vs compile | fwd bandwidth |",
+              "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for name in sorted(groups):
+        impls = groups[name]
+        eager = seconds(impls["eager"]) if "eager" in impls else None
+        comp = seconds(impls["compile"]) if "compile" in impls else None
+        for impl in ("eager", "compile", "triton", "ext"):
+            if impl not in impls:
+                continue
+            b = impls[impl]
+            t = seconds(b)
+            bw = ""
+            if b["extra_info"].get("mode") == "fwd" and "fwd_bytes" in b["extra_info"]:
+                gbs = b["extra_info"]["fwd_bytes"] / t / 1e9
+                bw = f"{gbs:.1f} GB/s" + (f" ({100 * gbs * 1e9 / copy_bw:.0f}% of copy)" if copy_bw else "")
+            lines.append(f"| {name} | {impl} | {t * 1e3:.3f} ms | "
+                         f"{eager / t:.2f}x | {comp / t:.2f}x | {bw} |" if eager and comp else
+                         f"| {name} | {impl} | {t * 1e3:.3f} ms | | | {bw} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(main(sys.argv[1]))
