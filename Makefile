@@ -1,13 +1,19 @@
 # The two quick-start commands of the README: `make demo` (the main job) and `make test`.
 # Each installs what is missing first: torch from local disk, then stafast (with its C++
-# extension when csrc/ has sources) without build isolation, so the installed torch is used.
+# extension) without build isolation, so the installed torch is used. The install is skipped
+# when stafast is already installed from this checkout and no build input changed since.
 PY ?= python3
 PIP := $(PY) -m pip install --disable-pip-version-check -q
+STAMP := build/.installed
+BUILD_INPUTS := $(shell find csrc -type f) setup.py pyproject.toml
 
 .PHONY: install demo test bench
 install:
-	$(PIP) torch==2.14.1 torchvision==0.29.1 ninja
-	$(PIP) --no-build-isolation -e ".[test]"
+	@if [ -f $(STAMP) ] && [ -z "$$(find $(BUILD_INPUTS) -newer $(STAMP))" ] && \
+	    $(PY) -c "import os, stafast, stafast._C; assert os.path.samefile(os.path.dirname(stafast.__file__), 'stafast')" 2>/dev/null; \
+	then echo "stafast: installed from this checkout, up to date"; \
+	else $(PIP) torch==2.14.1 torchvision==0.29.1 ninja && \
+	     $(PIP) --no-build-isolation -e ".[test]" && mkdir -p build && touch $(STAMP); fi
 
 demo: install
 	$(PY) -m stafast.demo
