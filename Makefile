@@ -10,7 +10,7 @@ BUILD_INPUTS := $(shell find csrc -type f) setup.py pyproject.toml
 .PHONY: install demo test bench
 install:
 	@if [ -f $(STAMP) ] && [ -z "$$(find $(BUILD_INPUTS) -newer $(STAMP))" ] && \
-	    $(PY) -c "import os, stafast, stafast._C; assert os.path.samefile(os.path.dirname(stafast.__file__), 'stafast')" 2>/dev/null; \
+	    $(PY) -c "import os, torch, stafast, stafast._C; assert os.path.samefile(os.path.dirname(stafast.__file__), 'stafast')" 2>/dev/null; \
 	then echo "stafast: installed from this checkout, up to date"; \
 	else $(PIP) torch==2.14.1 torchvision==0.29.1 ninja && \
 	     $(PIP) --no-build-isolation -e ".[test]" && mkdir -p build && touch $(STAMP); fi
