@@ -13,7 +13,7 @@ install:
 	    $(PY) -c "import os, torch, stafast, stafast._C; assert os.path.samefile(os.path.dirname(stafast.__file__), 'stafast')" 2>/dev/null; \
 	then echo "stafast: installed from this checkout, up to date"; \
 	else $(PIP) torch==2.14.1 torchvision==0.29.1 ninja && \
-	     $(PIP) --no-build-isolation -e ".[test]" && mkdir -p build && touch $(STAMP); fi
+	     $(PIP) --no-build-isolation -e ".[test,dali]" && mkdir -p build && touch $(STAMP); fi
 
 demo: install
 	$(PY) -m stafast.demo

@@ -74,7 +74,7 @@ setup(
     packages=PACKAGES,
     package_dir={"stafast.kernels": "kernels"},
     install_requires=["torch>=2.6", "torchvision", "numpy", "scipy", "tqdm"],
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    extras_require={"test": ["pytest", "pytest-benchmark"], "dali": ["nvidia-dali-cuda130"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

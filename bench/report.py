@@ -25,8 +25,9 @@ def main(path: str) -> str:
     copy = [b for b in benches if b["extra_info"].get("op") == "copy"]
     copy_bw = copy[0]["extra_info"]["bytes"] / seconds(copy[0]) if copy else None
     groups = defaultdict(dict)
+    data = [b for b in benches if b["extra_info"].get("op") == "data"]
     for b in benches:
-        if b["extra_info"].get("op") != "copy":
+        if b["extra_info"].get("op") not in ("copy", "data"):
             groups[b["group"]][b["extra_info"]["impl"]] = b
     first = benches[0]["extra_info"]
     lines = [f"Device: {first.get('device')}; torch {first.get('torch')}, triton {first.get('triton')}; "
@@ -53,6 +54,13 @@ def main(path: str) -> str:
             lines.append(f"| {name} | {impl} | {t * 1e3:.3f} ms | "
                          f"{eager / t:.2f}x | {comp / t:.2f}x | {bw} |" if eager and comp else
                          f"| {name} | {impl} | {t * 1e3:.3f} ms | | | {bw} |")
+    if data:
+        lines += ["", "| data pipeline | clips/s | vs torch DataLoader |", "| --- | ---: | ---: |"]
+        rate = {b["extra_info"]["impl"]: b["extra_info"]["clips_per_s"] for b in data}
+        for b in data:
+            impl = b["extra_info"]["impl"]
+            vs = f"{rate[impl] / rate['torch']:.2f}x" if "torch" in rate else ""
+            lines.append(f"| {b['group']}: {impl} | {rate[impl]:.0f} | {vs} |")
     return "\n".join(lines)
 
 

@@ -1,0 +1,245 @@
+"""The video re-ID benchmarks, read from their published layouts (see shared/data/README.md).
+
+Each dataset has `.train`, `.query` and `.gallery`: lists of `Tracklet` (frame paths in temporal
+order, person id, camera id).  Train person ids are relabelled 0..C-1 (`num_train_pids`);
+query/gallery keep the original ids, which is what evaluation compares.
+
+- MARS(root, protocol="official"|"toolbox"): bbox_train/, bbox_test/, info/.
+  official: gallery = all 12,180 test tracklets (the MARS authors' package);
+  toolbox: the 9,330 that are neither queries nor junk (pid -1), as common re-ID toolboxes do.
+- ILIDSVID(root, split): i-LIDS-VID/sequences/cam1|cam2/personNNN/*.png and
+  "train-test people splits/train_test_splits_ilidsvid.mat" (ls_set, 1-based, first half test).
+- PRID2011(root, split, split_file=None): prid_2011/multi_shot/cam_a|cam_b/person_NNNN/NNNN.png
+  and splits_prid2011.json (default: ROOT/splits_prid2011.json).
+Query = first camera, gallery = second camera for iLIDS-VID and PRID2011.
+
+A missing or malformed file raises DatasetError naming the file and what was expected.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing or not what the layout says it should be."""
+
+
+@dataclass(frozen=True)
+class Tracklet:
+    frames: tuple[str, ...]  # image paths, in temporal order
+    pid: int
+    camid: int
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def _need_file(path: str, what: str) -> str:
+    if not os.path.isfile(path):
+        raise DatasetError(f"missing {what}: {path} does not exist")
+    return path
+
+
+def _need_dir(path: str, what: str) -> str:
+    if not os.path.isdir(path):
+        raise DatasetError(f"missing {what}: directory {path} does not exist")
+    return path
+
+
+def load_mat_var(path: str, var: str, ncols: int | None = None) -> np.ndarray:
+    """An integer matrix from a .mat file, checked: variable present, integer dtype, column count."""
+    import scipy.io
+    _need_file(path, f"MATLAB file with variable '{var}'")
+    try:
+        mat = scipy.io.loadmat(path)
+    except Exception as e:  # noqa: BLE001 - scipy raises several types for bad files
+        raise DatasetError(f"{path} is not a readable .mat file ({type(e).__name__}: {e})") from None
+    if var not in mat:
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise DatasetError(f"{path} has no variable '{var}' (found {found})")
+    arr = np.asarray(mat[var])
+    if not np.issubdtype(arr.dtype, np.integer) and not (
+            np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
+        raise DatasetError(f"{path}: variable '{var}' must hold integers, got dtype {arr.dtype}")
+    if ncols is not None and (arr.ndim != 2 or arr.shape[1] != ncols):
+        raise DatasetError(f"{path}: variable '{var}' must have shape (n, {ncols}), got {arr.shape}")
+    return arr.astype(np.int64)
+
+
+def relabel(tracklets: list[Tracklet]) -> tuple[list[Tracklet], int]:
+    """Map the ids of `tracklets` to 0..C-1 (sorted original order)."""
+    ids = sorted({t.pid for t in tracklets})
+    index = {pid: i for i, pid in enumerate(ids)}
+    return [Tracklet(t.frames, index[t.pid], t.camid) for t in tracklets], len(ids)
+
+
+class VideoDataset:
+    train: list[Tracklet]
+    query: list[Tracklet]
+    gallery: list[Tracklet]
+    num_train_pids: int
+    name = "video"
+
+    def summary(self) -> str:
+        def ids(ts):
+            return len({t.pid for t in ts})
+        return (f"{self.name}: train {len(self.train)} tracklets / {ids(self.train)} ids, "
+                f"query {len(self.query)} / {ids(self.query)} ids, gallery {len(self.gallery)} / {ids(self.gallery)} ids")
+
+
+# ----------------------------------------------------------------------------------------- MARS
+MARS_NAME = re.compile(r"^(\d{4}|00-1)C(\d)T(\d{4})F(\d{3})\.jpg$")
+
+
+class MARS(VideoDataset):
+    name = "mars"
+    PROTOCOLS = ("official", "toolbox")
+
+    def __init__(self, root: str, protocol: str = "official", check_files: bool = True):
+        if protocol not in self.PROTOCOLS:
+            raise ValueError(f"MARS protocol must be one of {self.PROTOCOLS}, got {protocol!r}")
+        self.root, self.protocol = root, protocol
+        info = _need_dir(os.path.join(root, "info"), "MARS info folder")
+        train_names = self._names(os.path.join(info, "train_name.txt"))
+        test_names = self._names(os.path.join(info, "test_name.txt"))
+        train_rows = load_mat_var(os.path.join(info, "tracks_train_info.mat"), "track_train_info", 4)
+        test_rows = load_mat_var(os.path.join(info, "tracks_test_info.mat"), "track_test_info", 4)
+        query_idx = load_mat_var(os.path.join(info, "query_IDX.mat"), "query_IDX").ravel() - 1
+        if len(query_idx) and (query_idx.min() < 0 or query_idx.max() >= len(test_rows)):
+            raise DatasetError(f"{os.path.join(info, 'query_IDX.mat')}: query_IDX must be 1-based rows of "
+                               f"track_test_info (1..{len(test_rows)}), got range "
+                               f"[{query_idx.min() + 1}, {query_idx.max() + 1}]")
+        train = self._tracklets(train_rows, train_names, "bbox_train", "tracks_train_info.mat", check_files)
+        test = self._tracklets(test_rows, test_names, "bbox_test", "tracks_test_info.mat", check_files)
+        self.train, self.num_train_pids = relabel(train)
+        self.query = [test[i] for i in query_idx]
+        if protocol == "official":
+            self.gallery = test
+        else:
+            is_query = np.zeros(len(test), dtype=bool)
+            is_query[query_idx] = True
+            self.gallery = [t for t, q in zip(test, is_query) if not q and t.pid != -1]
+
+    @staticmethod
+    def _names(path: str) -> list[str]:
+        _need_file(path, "MARS name list")
+        with open(path) as f:
+            names = [line.strip() for line in f if line.strip()]
+        for i, n in enumerate(names[:1] + names[-1:]):
+            if not MARS_NAME.match(n):
+                raise DatasetError(f"{path}: line {1 if i == 0 else len(names)} is {n!r}, expected an image name "
+                                   "like 0001C1T0001F001.jpg")
+        return names
+
+    def _tracklets(self, rows, names, folder, mat_name, check_files) -> list[Tracklet]:
+        out = []
+        base = os.path.join(self.root, folder)
+        if check_files:
+            _need_dir(base, f"MARS image folder {folder}")
+        for i, (start, end, pid, cam) in enumerate(rows):
+            if not 1 <= start <= end <= len(names):
+                raise DatasetError(f"{mat_name} row {i + 1}: frames [{start}, {end}] are outside the name list "
+                                   f"(1..{len(names)} lines)")
+            frames = names[start - 1:end]
+            m = MARS_NAME.match(frames[0])
+            if not m or int(m.group(1).replace("00-1", "-1")) != pid or int(m.group(2)) != cam:
+                raise DatasetError(f"{mat_name} row {i + 1}: pid {pid} camera {cam} disagree with its first frame "
+                                   f"{frames[0]!r}")
+            paths = tuple(os.path.join(base, f[:4], f) for f in frames)
+            if check_files:  # first and last frame: cheap, and catches a missing tracklet folder
+                for p in (paths[0], paths[-1]):
+                    if not os.path.isfile(p):
+                        raise DatasetError(f"{mat_name} row {i + 1} (pid {pid}, camera {cam}): frame {p} is missing")
+            out.append(Tracklet(paths, int(pid), int(cam)))
+        return out
+
+
+# ------------------------------------------------------------------------------------ iLIDS-VID
+def _sorted_frames(folder: str, exts=(".png", ".jpg", ".jpeg")) -> tuple[str, ...]:
+    """Frame files of a sequence folder, sorted by the integer frame number at the end of the name."""
+    files = [f for f in os.listdir(folder) if f.lower().endswith(exts)]
+    if not files:
+        raise DatasetError(f"sequence folder {folder} holds no images ({'/'.join(exts)})")
+
+    def number(name: str) -> int:
+        m = re.search(r"(\d+)\D*$", os.path.splitext(name)[0])
+        if not m:
+            raise DatasetError(f"frame {os.path.join(folder, name)} has no frame number in its name")
+        return int(m.group(1))
+    return tuple(os.path.join(folder, f) for f in sorted(files, key=number))
+
+
+class ILIDSVID(VideoDataset):
+    name = "ilidsvid"
+    SPLIT_FILE = os.path.join("train-test people splits", "train_test_splits_ilidsvid.mat")
+
+    def __init__(self, root: str, split: int = 0):
+        seq = _need_dir(os.path.join(root, "i-LIDS-VID", "sequences"), "iLIDS-VID sequences folder")
+        cams = [_need_dir(os.path.join(seq, c), f"iLIDS-VID camera folder {c}") for c in ("cam1", "cam2")]
+        persons = sorted(d for d in os.listdir(cams[0]) if d.startswith("person"))
+        splits_path = os.path.join(root, self.SPLIT_FILE)
+        ls_set = load_mat_var(splits_path, "ls_set")
+        if ls_set.ndim != 2 or ls_set.shape[1] != len(persons):
+            raise DatasetError(f"{splits_path}: ls_set must be (splits, {len(persons)}) for the {len(persons)} person "
+                               f"folders of {cams[0]}, got {ls_set.shape}")
+        if not 0 <= split < len(ls_set):
+            raise ValueError(f"iLIDS-VID split must be in 0..{len(ls_set) - 1}, got {split}")
+        order = ls_set[split] - 1
+        half = len(persons) // 2
+        test_persons = [persons[i] for i in order[:half]]
+        train_persons = [persons[i] for i in order[half:]]
+        self.split = split
+        self.train, self.num_train_pids = relabel(self._tracklets(cams, train_persons, (0, 1)))
+        self.query = self._tracklets(cams, test_persons, (0,))
+        self.gallery = self._tracklets(cams, test_persons, (1,))
+
+    @staticmethod
+    def _tracklets(cams, persons, which) -> list[Tracklet]:
+        out = []
+        for p in persons:
+            pid = int(re.sub(r"\D", "", p))
+            for c in which:
+                folder = _need_dir(os.path.join(cams[c], p), f"iLIDS-VID sequence of {p}")
+                out.append(Tracklet(_sorted_frames(folder), pid, c + 1))
+        return out
+
+
+# ------------------------------------------------------------------------------------- PRID2011
+class PRID2011(VideoDataset):
+    name = "prid2011"
+
+    def __init__(self, root: str, split: int = 0, split_file: str | None = None):
+        base = _need_dir(os.path.join(root, "prid_2011", "multi_shot"), "PRID2011 multi_shot folder")
+        cams = [_need_dir(os.path.join(base, c), f"PRID2011 camera folder {c}") for c in ("cam_a", "cam_b")]
+        split_file = split_file or os.path.join(root, "splits_prid2011.json")
+        _need_file(split_file, "PRID2011 split file (a JSON list of {'train': [...], 'test': [...]})")
+        try:
+            splits = json.load(open(split_file))
+            train_persons, test_persons = splits[split]["train"], splits[split]["test"]
+        except IndexError:
+            raise ValueError(f"PRID2011 split must be in 0..{len(splits) - 1}, got {split}") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise DatasetError(f"{split_file}: expected a JSON list of {{'train': [...], 'test': [...]}} "
+                               f"({type(e).__name__}: {e})") from None
+        self.split = split
+        self.train, self.num_train_pids = relabel(self._tracklets(cams, train_persons, (0, 1)))
+        self.query = self._tracklets(cams, test_persons, (0,))
+        self.gallery = self._tracklets(cams, test_persons, (1,))
+
+    @staticmethod
+    def _tracklets(cams, persons, which) -> list[Tracklet]:
+        out = []
+        for p in persons:
+            pid = int(re.sub(r"\D", "", p))
+            for c in which:
+                folder = _need_dir(os.path.join(cams[c], p), f"PRID2011 sequence of {p}")
+                out.append(Tracklet(_sorted_frames(folder), pid, c + 1))
+        return out
+
+
+DATASETS = {"mars": MARS, "ilidsvid": ILIDSVID, "prid2011": PRID2011}

@@ -1,0 +1,299 @@
+"""Synthetic video re-ID data in exactly the published layouts of MARS, iLIDS-VID and PRID2011.
+
+    python -m stafast.data.synth --layout mars --out DIR [--ids 16 --test-ids 16 --cameras 3 ...]
+    python -m stafast.data.synth --layout mars --out DIR --mars-structure ../shared/data/mars/info
+    python -m stafast.data.synth --layout ilidsvid --out DIR
+    python -m stafast.data.synth --layout prid2011 --out DIR --prid-splits ../shared/data/prid2011/splits_prid2011.json
+
+People are drawn from an identity seed: head (skin, hair, optional hat), torso (colour and a
+texture: solid, stripes or checks), legs, shoes, and an optional bag on one side.  Across the
+frames of a tracklet the figure shifts, scales and swings its legs; a camera sets the background
+and the light; occluders (a post, a passer-by, a car) cover part of the person in some frames, so
+that part-based attention has something to find.  All randomness comes from --seed.
+
+`--mars-structure INFO` rebuilds the real MARS track tables (all 8,298 + 12,180 tracklets with
+their real pids, cameras and the 1,980 queries), with at most --max-frames tiny frames each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+PALETTE = np.array([[200, 30, 30], [30, 120, 200], [30, 160, 60], [230, 200, 40], [120, 40, 160],
+                    [240, 130, 20], [20, 20, 20], [235, 235, 235], [120, 80, 40], [100, 100, 110],
+                    [240, 120, 180], [20, 60, 120], [80, 150, 150], [160, 160, 60]], dtype=np.float32)
+SKIN = np.array([[240, 200, 170], [200, 150, 110], [150, 100, 70], [90, 60, 40]], dtype=np.float32)
+
+
+@dataclass
+class Style:
+    skin: np.ndarray
+    hair: np.ndarray
+    hat: np.ndarray | None
+    torso: np.ndarray
+    torso2: np.ndarray
+    texture: int          # 0 solid, 1 stripes, 2 checks
+    legs: np.ndarray
+    shoes: np.ndarray
+    bag: np.ndarray | None
+    bag_side: int
+    width: float          # build
+
+
+def person_style(seed: int) -> Style:
+    rng = np.random.default_rng(seed)
+
+    def colour():
+        return PALETTE[rng.integers(len(PALETTE))] + rng.normal(0, 12, 3)
+    return Style(skin=SKIN[rng.integers(len(SKIN))], hair=colour() * 0.5, hat=colour() if rng.random() < 0.3 else None,
+                 torso=colour(), torso2=colour(), texture=int(rng.integers(3)), legs=colour(), shoes=colour() * 0.4,
+                 bag=colour() if rng.random() < 0.4 else None, bag_side=int(rng.integers(2)),
+                 width=float(rng.uniform(0.45, 0.65)))
+
+
+def render(style: Style, h: int, w: int, cam: int, t: int, rng: np.random.Generator, occlusion: float = 0.3) -> np.ndarray:
+    """One frame (h, w, 3) uint8 of a person with `style` seen by camera `cam` at time t."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cam_rng = np.random.default_rng(1000 + cam)
+    bg = cam_rng.uniform(60, 200, 3) * (0.8 + 0.4 * yy[..., None] / h)
+    img = np.broadcast_to(bg, (h, w, 3)).astype(np.float32).copy()
+    scale = rng.uniform(0.85, 1.0)
+    ph, pw = h * 0.92 * scale, w * style.width * scale
+    cx = w / 2 + rng.uniform(-0.08, 0.08) * w
+    top = h * 0.04 + rng.uniform(0, 0.04) * h + abs(np.sin(t * 0.9)) * 0.02 * h
+
+    def box(y0, y1, x0, x1, colour):
+        m = (yy >= top + y0 * ph) & (yy < top + y1 * ph) & (xx >= cx + x0 * pw) & (xx < cx + x1 * pw)
+        img[m] = colour
+
+    swing = np.sin(t * 1.3 + rng.uniform(-0.3, 0.3)) * 0.12
+    box(0.52, 0.93, -0.32 + swing, -0.02 + swing, style.legs)             # legs
+    box(0.52, 0.93, 0.02 - swing, 0.32 - swing, style.legs)
+    box(0.93, 1.0, -0.34 + swing, -0.02 + swing, style.shoes)
+    box(0.93, 1.0, 0.02 - swing, 0.34 - swing, style.shoes)
+    torso = (yy >= top + 0.16 * ph) & (yy < top + 0.54 * ph) & (np.abs(xx - cx) < 0.45 * pw)
+    if style.texture == 1:
+        pattern = ((yy - top) // max(2.0, ph * 0.05)) % 2 == 0
+    elif style.texture == 2:
+        pattern = (((yy - top) // max(2.0, ph * 0.06)) + ((xx - cx) // max(2.0, pw * 0.15))) % 2 == 0
+    else:
+        pattern = np.zeros_like(torso)
+    img[torso] = style.torso
+    img[torso & pattern] = style.torso2
+    head = ((yy - (top + 0.09 * ph)) / (0.08 * ph)) ** 2 + ((xx - cx) / (0.2 * pw)) ** 2 < 1
+    img[head] = style.skin
+    img[head & (yy < top + 0.06 * ph)] = style.hair
+    if style.hat is not None:
+        box(-0.01, 0.04, -0.28, 0.28, style.hat)
+    if style.bag is not None:
+        side = 1 if style.bag_side else -1
+        x0, x1 = (0.42, 0.75) if side > 0 else (-0.75, -0.42)
+        box(0.34, 0.6, x0, x1, style.bag)
+    if rng.random() < occlusion:  # a post, a passer-by or a car covers part of the person
+        kind = rng.integers(3)
+        colour = rng.uniform(30, 220, 3)
+        if kind == 0:
+            x0 = rng.uniform(0.2, 0.6) * w
+            img[:, int(x0):int(x0 + rng.uniform(0.15, 0.3) * w)] = colour
+        elif kind == 1:
+            y0 = rng.uniform(0.0, 0.5) * h
+            img[int(y0):int(y0 + rng.uniform(0.25, 0.45) * h)] = colour
+        else:
+            img[int(rng.uniform(0.55, 0.75) * h):] = colour
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_sequence(paths: list[str], style: Style, h: int, w: int, cam: int, rng, occlusion: float, quality=90):
+    for t, path in enumerate(paths):
+        img = Image.fromarray(render(style, h, w, cam, t, rng, occlusion))
+        if path.endswith(".jpg"):
+            img.save(path, quality=quality)
+        else:
+            img.save(path)
+
+
+def _mars_folder(pid: int) -> str:
+    return "00-1" if pid == -1 else f"{pid:04d}"
+
+
+def _write_mars_split(out: str, split: str, tracks: list[tuple[int, int, int]], size, seed, occlusion):
+    """tracks: (pid, cam, frames) in name-list order.  Writes images and the name list; returns rows."""
+    h, w = size
+    names, rows, counters = [], [], {}
+    for pid, cam, n in tracks:
+        t = counters[(pid, cam)] = counters.get((pid, cam), 0) + 1
+        folder = _mars_folder(pid)
+        frames = [f"{folder}C{cam}T{t:04d}F{f + 1:03d}.jpg" for f in range(n)]
+        rows.append((len(names) + 1, len(names) + n, pid, cam))
+        names += frames
+        os.makedirs(os.path.join(out, f"bbox_{split}", folder), exist_ok=True)
+        style_seed = seed * 100003 + pid if pid > 0 else seed * 7919 + len(rows)  # distractors/junk: each its own
+        rng = np.random.default_rng([seed, len(rows), 1 if split == "train" else 2])
+        style = person_style(style_seed)
+        if pid == -1:  # junk: a detector false alarm, mostly background
+            style.width = 0.1
+        write_sequence([os.path.join(out, f"bbox_{split}", folder, f) for f in frames], style, h, w, cam, rng, occlusion)
+    if names != sorted(names):
+        raise AssertionError("MARS name list must be sorted by folder then file name")
+    with open(os.path.join(out, "info", f"{split}_name.txt"), "w") as f:
+        f.write("\n".join(names) + "\n")
+    return np.array(rows, dtype=np.int32).reshape(-1, 4)
+
+
+def _save_mars_info(out, train_rows, test_rows, query_idx):
+    import scipy.io
+    scipy.io.savemat(os.path.join(out, "info", "tracks_train_info.mat"), {"track_train_info": train_rows.astype(np.int32)})
+    scipy.io.savemat(os.path.join(out, "info", "tracks_test_info.mat"), {"track_test_info": test_rows.astype(np.int32)})
+    scipy.io.savemat(os.path.join(out, "info", "query_IDX.mat"),
+                     {"query_IDX": np.asarray(query_idx, dtype=np.uint16).reshape(1, -1)})
+
+
+def _sort_key(track):
+    folder = _mars_folder(track[0])
+    return folder, track[1]
+
+
+def make_mars(out: str, ids: int = 16, test_ids: int = 16, cameras: int = 3, tracklets: int = 2,
+              frames: tuple[int, int] = (8, 16), size=(128, 64), distractors: int = 4, junk: int = 2,
+              seed: int = 0, occlusion: float = 0.3) -> str:
+    """A small MARS tree: every id is seen by 2..cameras cameras with `tracklets` tracklets each."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(out, "info"), exist_ok=True)
+
+    def tracks_for(pids):
+        out_tracks = []
+        for pid in pids:
+            cams = sorted(rng.choice(np.arange(1, cameras + 1), size=int(rng.integers(2, cameras + 1)), replace=False))
+            for cam in cams:
+                out_tracks += [(int(pid), int(cam), int(rng.integers(frames[0], frames[1] + 1))) for _ in range(tracklets)]
+        return out_tracks
+
+    train = tracks_for(range(1, ids + 1))
+    test_pids = range(ids + 1, ids + test_ids + 1)
+    test = tracks_for(test_pids)
+    test += [(0, int(rng.integers(1, cameras + 1)), int(rng.integers(frames[0], frames[1] + 1))) for _ in range(distractors)]
+    test += [(-1, int(rng.integers(1, cameras + 1)), int(rng.integers(1, 4))) for _ in range(junk)]
+    test.sort(key=_sort_key)  # name-list order: folder ("00-1" < "0000" < "0001"...), then camera
+    train_rows = _write_mars_split(out, "train", train, size, seed, occlusion)
+    test_rows = _write_mars_split(out, "test", test, size, seed, occlusion)
+    query = []
+    for pid in test_pids:  # one query per camera for every id seen in two or more cameras
+        rows = np.flatnonzero(test_rows[:, 2] == pid)
+        cams = sorted(set(test_rows[rows, 3]))
+        if len(cams) >= 2:
+            query += [int(rng.choice(rows[test_rows[rows, 3] == c])) + 1 for c in cams]
+    _save_mars_info(out, train_rows, test_rows, sorted(query))
+    return out
+
+
+def make_mars_structure(out: str, info: str, max_frames: int = 1, size=(16, 8), seed: int = 0) -> str:
+    """The real MARS track tables (pids, cameras, queries) with at most `max_frames` tiny frames per tracklet."""
+    from .datasets import load_mat_var
+    train_rows = load_mat_var(os.path.join(info, "tracks_train_info.mat"), "track_train_info", 4)
+    test_rows = load_mat_var(os.path.join(info, "tracks_test_info.mat"), "track_test_info", 4)
+    query = load_mat_var(os.path.join(info, "query_IDX.mat"), "query_IDX").ravel()
+    os.makedirs(os.path.join(out, "info"), exist_ok=True)
+
+    def tracks(rows):
+        return [(int(p), int(c), int(min(max_frames, e - s + 1))) for s, e, p, c in rows]
+    new_train = _write_mars_split(out, "train", tracks(train_rows), size, seed, 0.0)
+    new_test = _write_mars_split(out, "test", tracks(test_rows), size, seed, 0.0)
+    _save_mars_info(out, new_train, new_test, query)
+    return out
+
+
+def make_ilidsvid(out: str, persons: int = 300, frames: tuple[int, int] = (4, 8), size=(128, 64), splits: int = 10,
+                  seed: int = 0, occlusion: float = 0.3) -> str:
+    """i-LIDS-VID/sequences/cam1|cam2/personNNN/camC_personNNN_FFFFF.png + the ls_set split file."""
+    import scipy.io
+    rng = np.random.default_rng(seed)
+    numbers = np.sort(rng.choice(np.arange(1, int(persons * 1.07) + 1), size=persons, replace=False))  # gaps, like 1..319
+    h, w = size
+    for n in numbers:
+        style = person_style(seed * 100003 + int(n))
+        for cam in (1, 2):
+            folder = os.path.join(out, "i-LIDS-VID", "sequences", f"cam{cam}", f"person{n:03d}")
+            os.makedirs(folder, exist_ok=True)
+            start = int(rng.integers(1, 5000))
+            count = int(rng.integers(frames[0], frames[1] + 1))
+            paths = [os.path.join(folder, f"cam{cam}_person{n:03d}_{start + 7 * i:05d}.png") for i in range(count)]
+            write_sequence(paths, style, h, w, cam, np.random.default_rng([seed, int(n), cam]), occlusion)
+    ls_set = np.stack([rng.permutation(persons) + 1 for _ in range(splits)])
+    os.makedirs(os.path.join(out, "train-test people splits"), exist_ok=True)
+    scipy.io.savemat(os.path.join(out, "train-test people splits", "train_test_splits_ilidsvid.mat"),
+                     {"ls_set": ls_set.astype(np.float64)})
+    return out
+
+
+def make_prid2011(out: str, splits_file: str | None = None, cam_a: int = 385, cam_b: int = 749, shared: int = 200,
+                  frames: tuple[int, int] = (4, 8), size=(128, 64), seed: int = 0, occlusion: float = 0.3) -> str:
+    """prid_2011/multi_shot/cam_a|cam_b/person_NNNN/NNNN.png + splits_prid2011.json.
+
+    The first `shared` persons appear in both cameras.  With `splits_file` (the published one),
+    it is copied; otherwise 10 random 50/50 splits of the shared persons are written.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = size
+    for cam, count in (("cam_a", cam_a), ("cam_b", cam_b)):
+        for n in range(1, count + 1):
+            pid_seed = seed * 100003 + n if n <= shared else seed * 100003 + 10000 * (cam == "cam_b") + n
+            folder = os.path.join(out, "prid_2011", "multi_shot", cam, f"person_{n:04d}")
+            os.makedirs(folder, exist_ok=True)
+            k = int(rng.integers(frames[0], frames[1] + 1))
+            write_sequence([os.path.join(folder, f"{i + 1:04d}.png") for i in range(k)], person_style(pid_seed), h, w,
+                           1 if cam == "cam_a" else 2, np.random.default_rng([seed, n, cam == "cam_b"]), occlusion)
+    if splits_file:
+        splits = json.load(open(splits_file))
+    else:
+        persons = [f"person_{n:04d}" for n in range(1, shared + 1)]
+        splits = []
+        for _ in range(10):
+            perm = list(rng.permutation(persons))
+            splits.append({"train": sorted(perm[:shared // 2]), "test": sorted(perm[shared // 2:])})
+    with open(os.path.join(out, "splits_prid2011.json"), "w") as f:
+        json.dump(splits, f)
+    return out
+
+
+def main(argv=None) -> str:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layout", required=True, choices=["mars", "ilidsvid", "prid2011"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--ids", type=int, default=16, help="mars: training ids")
+    p.add_argument("--test-ids", type=int, default=16, help="mars: test ids")
+    p.add_argument("--cameras", type=int, default=3, help="mars: cameras (at most 6)")
+    p.add_argument("--tracklets", type=int, default=2, help="mars: tracklets per id and camera")
+    p.add_argument("--persons", type=int, default=300, help="ilidsvid: persons")
+    p.add_argument("--min-frames", type=int, default=8)
+    p.add_argument("--max-frames", type=int, default=16)
+    p.add_argument("--height", type=int, default=128)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--occlusion", type=float, default=0.3, help="probability that a frame has an occluder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mars-structure", metavar="INFO", help="rebuild the real MARS tables from this info/ folder")
+    p.add_argument("--prid-splits", metavar="JSON", help="prid2011: the published split file to use")
+    a = p.parse_args(argv)
+    if not 1 <= a.cameras <= 6:
+        p.error(f"--cameras must be in 1..6 (MARS names hold one digit), got {a.cameras}")
+    frames, size = (a.min_frames, a.max_frames), (a.height, a.width)
+    if a.layout == "mars" and a.mars_structure:
+        out = make_mars_structure(a.out, a.mars_structure, a.max_frames, size, a.seed)
+    elif a.layout == "mars":
+        out = make_mars(a.out, a.ids, a.test_ids, a.cameras, a.tracklets, frames, size, seed=a.seed, occlusion=a.occlusion)
+    elif a.layout == "ilidsvid":
+        out = make_ilidsvid(a.out, a.persons, frames, size, seed=a.seed, occlusion=a.occlusion)
+    else:
+        out = make_prid2011(a.out, a.prid_splits, frames=frames, size=size, seed=a.seed, occlusion=a.occlusion)
+    print(f"wrote a synthetic {a.layout} tree to {out}", file=sys.stderr)
+    return out
+
+
+if __name__ == "__main__":
+    main()
