@@ -1,0 +1,121 @@
+"""Features with the test sampling, distances, CMC and mAP.
+
+    python -m stafast.evaluate --dataset mars --root DIR --checkpoint OUT/checkpoint.pt [--all-frames]
+
+Test sampling (Sec. 4.2): the first frame of each of the N chunks of a tracklet; --all-frames
+averages the features of every clip of N consecutive frames instead.  Features are L2-normalised,
+so the distance is 2 - 2 cos.  iLIDS-VID and PRID2011 are averaged over their 10 splits when
+--split all is given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .data import ClipPlan, build_loader
+from .metrics import evaluate, ranks
+
+
+@torch.no_grad()
+def extract(model, tracklets, num_frames: int, height: int, width: int, batch_size: int = 16, all_frames: bool = False,
+            pipeline: str = "auto", workers: int = 2, device: str = "cpu", amp_dtype=None, progress: bool = True):
+    """(T, embed_dim) L2-normalised features of `tracklets`, with their pids and camids."""
+    model.eval()
+    plan = ClipPlan(tracklets, num_frames, "all" if all_frames else "test")
+    loader = build_loader(plan, batch_size, height, width, pipeline=pipeline, workers=workers, device=device)
+    feats, pids, camids = [], [], []
+    for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
+        clips = batch["clips"].to(device, non_blocking=True)
+        with torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            emb = model(clips).embedding.float()
+        if all_frames:  # one tracklet: average its clips
+            emb = F.normalize(emb.mean(0, keepdim=True), dim=1)
+            batch = {"pids": batch["pids"][:1], "camids": batch["camids"][:1]}
+        feats.append(emb.cpu())
+        pids.append(batch["pids"])
+        camids.append(batch["camids"])
+    return torch.cat(feats), torch.cat(pids).numpy(), torch.cat(camids).numpy()
+
+
+def evaluate_dataset(model, dataset, num_frames: int, height: int, width: int, protocol: str = "official",
+                     **kwargs) -> dict:
+    qf, qp, qc = extract(model, dataset.query, num_frames, height, width, **kwargs)
+    gf, gp, gc = extract(model, dataset.gallery, num_frames, height, width, **kwargs)
+    dist = (2 - 2 * qf @ gf.t()).clamp_(min=0)
+    result = evaluate(dist, qp, gp, qc, gc, protocol)
+    return {**ranks(result), "mAP": result["mAP"], "num_valid_queries": result["num_valid_queries"],
+            "protocol": protocol, "num_query": len(qp), "num_gallery": len(gp),
+            "chance_rank1": chance_rank1(qp, gp, qc, gc, protocol)}
+
+
+def chance_rank1(qp, gp, qc, gc, protocol: str) -> float:
+    """Expected rank-1 of random distances: per query, good / (gallery items left after removing junk)."""
+    vals = []
+    for p, c in zip(qp, qc):
+        same = (gp == p) & (gc == c)
+        junk = same | (gp == -1) if protocol == "official" else same
+        good = (gp == p) & (gc != c) if protocol == "official" else (gp == p) & ~same
+        if good.sum() == 0 and protocol == "toolbox":
+            continue
+        vals.append(good.sum() / max(1, (~junk).sum()))
+    return float(np.mean(vals)) if vals else 0.0
+
+
+def load_model(checkpoint: str, device: str = "cpu"):
+    """The model of a stafast.train checkpoint, with its training arguments."""
+    from .models import build_model
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (expected a stafast.train checkpoint.pt)")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+        raise ValueError(f"{checkpoint} is not a stafast.train checkpoint (keys 'model' and 'model_config' expected)")
+    model = build_model(**state["model_config"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+def main(argv=None) -> dict:
+    from .train import load_dataset
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, choices=["mars", "ilidsvid", "prid2011", "synthetic"])
+    p.add_argument("--root", help="dataset root (synthetic: the generated tree; default: the training cache)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--protocol", default="official", choices=["official", "toolbox"])
+    p.add_argument("--split", default="0", help="iLIDS-VID / PRID2011 split 0..9, or 'all' for the mean of 10")
+    p.add_argument("--all-frames", action="store_true", help="average all clips of N frames instead of first frames")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--pipeline", default="auto", choices=["auto", "dali", "torch"])
+    p.add_argument("--output", help="write the metrics here as JSON")
+    a = p.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, state = load_model(a.checkpoint, device)
+    args = state["args"]
+    splits = range(10) if a.split == "all" else [int(a.split)]
+    results = []
+    for split in splits:
+        ds = load_dataset(a.dataset, a.root or args.get("root"), split=split, protocol=a.protocol)
+        r = evaluate_dataset(model, ds, args["frames"], args["height"], args["width"], a.protocol,
+                             batch_size=a.batch_size, all_frames=a.all_frames, pipeline=a.pipeline,
+                             workers=a.workers, device=device)
+        results.append({**r, "split": split})
+        print(json.dumps(results[-1]))
+    summary = {k: float(np.mean([r[k] for r in results])) for k in ("rank1", "rank5", "rank10", "rank20", "mAP")
+               if k in results[0]}
+    summary.update(dataset=a.dataset, protocol=a.protocol, splits=list(splits), all_frames=a.all_frames,
+                   per_split=results)
+    if a.output:
+        with open(a.output, "w") as f:
+            json.dump(summary, f, indent=2)
+    print(f"{a.dataset} ({a.protocol}): rank-1 {summary['rank1']:.3f}, mAP {summary['mAP']:.3f}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
