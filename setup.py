@@ -73,7 +73,7 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir={"stafast.kernels": "kernels"},
-    install_requires=["torch>=2.6", "torchvision", "numpy", "scipy", "tqdm", "pillow", "tensorboard"],
+    install_requires=["torch>=2.6", "torchvision", "numpy", "scipy", "tqdm", "pillow", "tensorboard", "matplotlib"],
     extras_require={"test": ["pytest", "pytest-benchmark"], "dali": ["nvidia-dali-cuda130"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -7,7 +7,8 @@ import scipy.io
 
 from stafast.metrics import evaluate
 
-INFO = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mars", "info")
+INFO = os.path.join(os.environ.get("STAFAST_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+                                                                     "data")), "mars", "info")
 
 
 @pytest.mark.parametrize("protocol", ["official", "toolbox"])

@@ -75,8 +75,16 @@ def load_model(checkpoint: str, device: str = "cpu"):
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
         raise ValueError(f"{checkpoint} is not a stafast.train checkpoint (keys 'model' and 'model_config' expected)")
-    model = build_model(**state["model_config"])
-    model.load_state_dict(state["model"])
+    cfg = state["model_config"]
+    heads = state["model"].get("att_out_weight")
+    if heads is not None and heads.shape[0] != cfg.get("num_heads", heads.shape[0]):
+        raise ValueError(f"{checkpoint}: its weights have K={heads.shape[0]} spatial heads but its model_config says "
+                         f"num_heads={cfg['num_heads']}")
+    model = build_model(**cfg)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{checkpoint}: weights do not fit the model its config describes ({cfg}): {e}") from None
     return model.to(device).eval(), state
 
 

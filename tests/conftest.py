@@ -9,6 +9,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+# The real split metadata of MARS and PRID2011 (shared/data beside the repository, as in CI).
+SHARED_DATA = os.environ.get("STAFAST_SHARED_DATA",
+                             os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+if not os.path.isdir(SHARED_DATA):
+    raise RuntimeError(f"the real split metadata is not at {SHARED_DATA}: put shared/ beside the repository "
+                       "or set STAFAST_SHARED_DATA")
+
+
 @pytest.fixture(autouse=True)
 def fresh_seed():
     """Fresh random inputs every run; the seed is printed so a failure can be replayed

@@ -11,7 +11,7 @@ from stafast.data import ILIDSVID, MARS, PRID2011, ClipPlan, DatasetError, build
 from stafast.data import synth
 from stafast.data.loader import read_image, to_model_input
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+from .conftest import SHARED_DATA as SHARED
 MARS_INFO = os.path.join(SHARED, "mars", "info")
 PRID_SPLITS = os.path.join(SHARED, "prid2011", "splits_prid2011.json")
 

@@ -6,7 +6,9 @@ import scipy.io
 
 from stafast.metrics import evaluate, ranks
 
-MARS_INFO = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mars", "info")
+from .conftest import SHARED_DATA
+
+MARS_INFO = os.path.join(SHARED_DATA, "mars", "info")
 
 
 def official_loop(dist, qp, gp, qc, gc):

@@ -272,9 +272,9 @@ def main(argv=None) -> str:
     p.add_argument("--tracklets", type=int, default=2, help="mars: tracklets per id and camera")
     p.add_argument("--persons", type=int, default=300, help="ilidsvid: persons")
     p.add_argument("--min-frames", type=int, default=8)
-    p.add_argument("--max-frames", type=int, default=16)
-    p.add_argument("--height", type=int, default=128)
-    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--max-frames", type=int, help="default 16 (--mars-structure: 1)")
+    p.add_argument("--height", type=int, help="default 128 (--mars-structure: 16)")
+    p.add_argument("--width", type=int, help="default 64 (--mars-structure: 8)")
     p.add_argument("--occlusion", type=float, default=0.3, help="probability that a frame has an occluder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mars-structure", metavar="INFO", help="rebuild the real MARS tables from this info/ folder")
@@ -282,7 +282,11 @@ def main(argv=None) -> str:
     a = p.parse_args(argv)
     if not 1 <= a.cameras <= 6:
         p.error(f"--cameras must be in 1..6 (MARS names hold one digit), got {a.cameras}")
-    frames, size = (a.min_frames, a.max_frames), (a.height, a.width)
+    tiny = a.layout == "mars" and a.mars_structure  # 20,478 tracklets: tiny frames by default
+    a.max_frames = a.max_frames or (1 if tiny else 16)
+    a.min_frames = min(a.min_frames, a.max_frames)
+    size = (a.height or (16 if tiny else 128), a.width or (8 if tiny else 64))
+    frames = (a.min_frames, a.max_frames)
     if a.layout == "mars" and a.mars_structure:
         out = make_mars_structure(a.out, a.mars_structure, a.max_frames, size, a.seed)
     elif a.layout == "mars":

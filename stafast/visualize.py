@@ -1,0 +1,189 @@
+"""Seeing what the model does.
+
+    python -m stafast.visualize attention --checkpoint C --tracklet DIR [--out attention.png]
+    python -m stafast.visualize attention --checkpoint C --dataset mars --root R [--index 0]
+    python -m stafast.visualize ranks --checkpoint C --dataset mars --root R [--queries 6 --topk 8]
+
+attention: the K receptive fields (Eq. 2) over each sampled frame as heat maps, one column per
+head (the paper's Fig. 3), with each frame's temporal weight per head (Eq. 12, supplementary
+Fig. 2) written under its heat map and drawn as an N x K matrix in the last panel.
+ranks: for some queries, the top-k gallery tracklets (their middle frame) with green borders
+for correct and red for wrong matches (same-id same-camera and junk items are left out, as in
+evaluation), and the CMC curve in a second figure.  Figures are written with matplotlib's Agg
+backend: no display needed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from .data import ClipPlan, DatasetError, Tracklet, build_loader  # noqa: E402
+from .data.datasets import _sorted_frames  # noqa: E402
+from .data.loader import MEAN, STD  # noqa: E402
+from .evaluate import extract, load_model  # noqa: E402
+from .metrics import evaluate  # noqa: E402
+
+
+def tracklet_from_dir(folder: str) -> Tracklet:
+    if not os.path.isdir(folder):
+        raise DatasetError(f"tracklet folder {folder} does not exist")
+    return Tracklet(_sorted_frames(folder), -1, 0)
+
+
+def _image(clip_frame: torch.Tensor) -> np.ndarray:
+    """Normalised (3, H, W) -> (H, W, 3) in [0, 1] for display."""
+    x = clip_frame.cpu() * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
+    return x.clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+@torch.no_grad()
+def attention_figure(model, clip: torch.Tensor, out: str, title: str = "") -> int:
+    """clip (N, 3, H, W) -> PNG at `out`; returns the number of panels."""
+    model.eval()
+    result = model(clip[None].to(next(model.parameters()).device))
+    if result.spatial is None:
+        raise ValueError("this model has no spatial attention (Table 1 baseline): nothing to draw")
+    n, k = result.spatial.shape[1:3]
+    gh, gw = result.grid
+    h, w = clip.shape[-2:]
+    maps = result.spatial[0].float().view(n * k, 1, gh, gw)
+    maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False).view(n, k, h, w).cpu()
+    temporal = result.temporal[0].float().cpu().numpy() if result.temporal is not None else None
+    extra = 1 if temporal is not None else 0
+    fig, axes = plt.subplots(n, k + 1 + extra, figsize=(1.1 * (k + 1 + extra), 1.9 * n), squeeze=False)
+    for i in range(n):
+        img = _image(clip[i])
+        axes[i, 0].imshow(img)
+        axes[i, 0].set_ylabel(f"frame {i + 1}", fontsize=7)
+        for j in range(k):
+            ax = axes[i, j + 1]
+            ax.imshow(img)
+            ax.imshow(maps[i, j].numpy(), cmap="jet", alpha=0.5)
+            if i == 0:
+                ax.set_title(f"head {j + 1}", fontsize=7)
+            if temporal is not None:
+                ax.set_xlabel(f"t={temporal[i, j]:.2f}", fontsize=6, labelpad=1)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].set_title("frame", fontsize=7)
+    if temporal is not None:
+        for i in range(1, n):
+            axes[i, -1].remove()
+        ax = axes[0, -1]
+        ax.set_position([ax.get_position().x0, 0.1, ax.get_position().width, 0.8])
+        ax.imshow(temporal, cmap="viridis", vmin=0, vmax=max(1e-6, float(temporal.max())), aspect="auto")
+        ax.set_title("temporal\nweights", fontsize=7)
+        ax.set_xlabel("head", fontsize=6)
+        ax.set_ylabel("frame", fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return n * (k + 1) + extra
+
+
+def _middle_frame(t: Tracklet, height: int, width: int) -> np.ndarray:
+    plan = ClipPlan([t], 1, "test")
+    plan.sample = lambda epoch, pos: (t, np.array([len(t) // 2]), False)  # the middle frame
+    batch = next(iter(build_loader(plan, 1, height, width, pipeline="torch", workers=0)))
+    return _image(batch["clips"][0, 0])
+
+
+def ranks_figure(model, dataset, args: dict, out: str, cmc_out: str, queries: int = 6, topk: int = 8,
+                 protocol: str = "official", device: str = "cpu", seed: int = 0) -> tuple[int, dict]:
+    """Top-k ranked gallery tracklets for `queries` queries, and the CMC curve; returns (panels, metrics)."""
+    n, h, w = args["frames"], args["height"], args["width"]
+    qf, qp, qc = extract(model, dataset.query, n, h, w, device=device, pipeline="torch", workers=0, progress=False)
+    gf, gp, gc = extract(model, dataset.gallery, n, h, w, device=device, pipeline="torch", workers=0, progress=False)
+    dist = (2 - 2 * qf @ gf.t()).numpy()
+    result = evaluate(dist, qp, gp, qc, gc, protocol)
+    chosen = np.random.default_rng(seed).choice(len(qp), size=min(queries, len(qp)), replace=False)
+    fig, axes = plt.subplots(len(chosen), topk + 1, figsize=(1.0 * (topk + 1), 2.0 * len(chosen)), squeeze=False)
+    for row, qi in enumerate(chosen):
+        axes[row, 0].imshow(_middle_frame(dataset.query[qi], h, w))
+        axes[row, 0].set_title(f"query id {qp[qi]}\ncam {qc[qi]}", fontsize=6)
+        left_out = (gp == -1) | ((gp == qp[qi]) & (gc == qc[qi]))
+        order = [g for g in np.argsort(dist[qi], kind="stable") if not left_out[g]][:topk]
+        for col, g in enumerate(order, start=1):
+            ax = axes[row, col]
+            ax.imshow(_middle_frame(dataset.gallery[g], h, w))
+            colour = "limegreen" if gp[g] == qp[qi] else "red"
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(3)
+            ax.set_title(f"{col}: id {gp[g]}", fontsize=6)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ranks = np.arange(1, len(result["cmc"]) + 1)
+    ax.plot(ranks, result["cmc"], marker=".", lw=1)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("matching rate")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"CMC ({protocol}): rank-1 {result['cmc'][0]:.3f}, mAP {result['mAP']:.3f}", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.savefig(cmc_out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return len(chosen) * (len(order) + 1) if len(chosen) else 0, result
+
+
+def main(argv=None):
+    from .train import load_dataset
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    for name in ("attention", "ranks"):
+        s = sub.add_parser(name)
+        s.add_argument("--checkpoint", required=True)
+        s.add_argument("--dataset", choices=["mars", "ilidsvid", "prid2011", "synthetic"])
+        s.add_argument("--root")
+        s.add_argument("--split", type=int, default=0)
+        s.add_argument("--protocol", default="official", choices=["official", "toolbox"])
+    att = sub.choices["attention"]
+    att.add_argument("--tracklet", help="a folder of frames (one tracklet)")
+    att.add_argument("--index", type=int, default=0, help="with --dataset: which query tracklet")
+    att.add_argument("--out", default="attention.png")
+    rk = sub.choices["ranks"]
+    rk.add_argument("--queries", type=int, default=6)
+    rk.add_argument("--topk", type=int, default=8)
+    rk.add_argument("--out", default="ranks.png")
+    rk.add_argument("--cmc-out", default="cmc.png")
+    a = p.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, state = load_model(a.checkpoint, device)
+    args = state["args"]
+    if a.what == "attention":
+        if a.tracklet:
+            t = tracklet_from_dir(a.tracklet)
+        elif a.dataset:
+            ds = load_dataset(a.dataset, a.root or args.get("root"), a.split, a.protocol)
+            if not 0 <= a.index < len(ds.query):
+                raise ValueError(f"--index must be in 0..{len(ds.query) - 1}, got {a.index}")
+            t = ds.query[a.index]
+        else:
+            p.error("attention needs --tracklet DIR or --dataset")
+        plan = ClipPlan([t], args["frames"], "test")
+        clip = next(iter(build_loader(plan, 1, args["height"], args["width"], pipeline="torch", workers=0)))["clips"][0]
+        panels = attention_figure(model, clip, a.out, os.path.basename(os.path.dirname(t.frames[0])))
+        print(f"wrote {a.out} ({panels} panels)")
+    else:
+        if not a.dataset:
+            p.error("ranks needs --dataset")
+        ds = load_dataset(a.dataset, a.root or args.get("root"), a.split, a.protocol)
+        panels, result = ranks_figure(model, ds, args, a.out, a.cmc_out, a.queries, a.topk, a.protocol, device)
+        print(f"wrote {a.out} ({panels} panels) and {a.cmc_out}: rank-1 {result['cmc'][0]:.3f}, mAP {result['mAP']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
