@@ -174,6 +174,18 @@ def _sorted_frames(folder: str, exts=(".png", ".jpg", ".jpeg")) -> tuple[str, ..
     return tuple(os.path.join(folder, f) for f in sorted(files, key=number))
 
 
+def camera_tracklets(cams: list[str], persons: list[str], which: tuple[int, ...], what: str) -> list[Tracklet]:
+    """One tracklet per person folder in each camera of `which` (camera ids 1-based); the person id
+    is the number in the folder name (person012 -> 12, person_0012 -> 12)."""
+    out = []
+    for p in persons:
+        pid = int(re.sub(r"\D", "", p))
+        for c in which:
+            folder = _need_dir(os.path.join(cams[c], p), f"{what} sequence of {p}")
+            out.append(Tracklet(_sorted_frames(folder), pid, c + 1))
+    return out
+
+
 class ILIDSVID(VideoDataset):
     name = "ilidsvid"
     SPLIT_FILE = os.path.join("train-test people splits", "train_test_splits_ilidsvid.mat")
@@ -194,19 +206,9 @@ class ILIDSVID(VideoDataset):
         test_persons = [persons[i] for i in order[:half]]
         train_persons = [persons[i] for i in order[half:]]
         self.split = split
-        self.train, self.num_train_pids = relabel(self._tracklets(cams, train_persons, (0, 1)))
-        self.query = self._tracklets(cams, test_persons, (0,))
-        self.gallery = self._tracklets(cams, test_persons, (1,))
-
-    @staticmethod
-    def _tracklets(cams, persons, which) -> list[Tracklet]:
-        out = []
-        for p in persons:
-            pid = int(re.sub(r"\D", "", p))
-            for c in which:
-                folder = _need_dir(os.path.join(cams[c], p), f"iLIDS-VID sequence of {p}")
-                out.append(Tracklet(_sorted_frames(folder), pid, c + 1))
-        return out
+        self.train, self.num_train_pids = relabel(camera_tracklets(cams, train_persons, (0, 1), self.name))
+        self.query = camera_tracklets(cams, test_persons, (0,), self.name)
+        self.gallery = camera_tracklets(cams, test_persons, (1,), self.name)
 
 
 # ------------------------------------------------------------------------------------- PRID2011
@@ -227,19 +229,9 @@ class PRID2011(VideoDataset):
             raise DatasetError(f"{split_file}: expected a JSON list of {{'train': [...], 'test': [...]}} "
                                f"({type(e).__name__}: {e})") from None
         self.split = split
-        self.train, self.num_train_pids = relabel(self._tracklets(cams, train_persons, (0, 1)))
-        self.query = self._tracklets(cams, test_persons, (0,))
-        self.gallery = self._tracklets(cams, test_persons, (1,))
-
-    @staticmethod
-    def _tracklets(cams, persons, which) -> list[Tracklet]:
-        out = []
-        for p in persons:
-            pid = int(re.sub(r"\D", "", p))
-            for c in which:
-                folder = _need_dir(os.path.join(cams[c], p), f"PRID2011 sequence of {p}")
-                out.append(Tracklet(_sorted_frames(folder), pid, c + 1))
-        return out
+        self.train, self.num_train_pids = relabel(camera_tracklets(cams, train_persons, (0, 1), self.name))
+        self.query = camera_tracklets(cams, test_persons, (0,), self.name)
+        self.gallery = camera_tracklets(cams, test_persons, (1,), self.name)
 
 
 DATASETS = {"mars": MARS, "ilidsvid": ILIDSVID, "prid2011": PRID2011}

@@ -104,6 +104,19 @@ def resolve(device: torch.device) -> list[str]:
     return [b for b in order if b not in _broken and _works_on(b, device.type)] or ["reference"]
 
 
+def implementations(name: str, forward: Callable, backward: Callable) -> dict[str, Callable[[], tuple]]:
+    """The backend table of op `name`: the reference functions, the Triton launchers of
+    stafast.kernels.<name> and the extension's stafast_ext::<name>(_backward), each imported on use."""
+    def triton():
+        kernels = importlib.import_module(f"stafast.kernels.{name}")
+        return kernels.forward, kernels.backward
+
+    def ext():
+        return getattr(torch.ops.stafast_ext, name), getattr(torch.ops.stafast_ext, f"{name}_backward")
+
+    return {"reference": lambda: (forward, backward), "triton": triton, "ext": ext}
+
+
 def dispatch(impls: dict[str, Callable[[], tuple[Callable, ...]]], stage: int, device: torch.device, *args):
     """Run stage `stage` (0 forward, 1 backward) of an op with the chosen backend.
 

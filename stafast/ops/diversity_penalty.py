@@ -16,23 +16,7 @@ from . import _backend, _checks, reference
 NAME = "diversity_penalty"
 KINDS = ("hellinger", "l2")
 REDUCTIONS = ("mean", "sum", "none")
-
-
-def _triton():
-    from stafast.kernels import diversity_penalty as k
-    return k.forward, k.backward
-
-
-def _ext():
-    ops = torch.ops.stafast_ext
-    return ops.diversity_penalty, ops.diversity_penalty_backward
-
-
-IMPLS = {
-    "reference": lambda: (reference.diversity_penalty, reference.diversity_penalty_backward),
-    "triton": _triton,
-    "ext": _ext,
-}
+IMPLS = _backend.implementations(NAME, reference.diversity_penalty, reference.diversity_penalty_backward)
 
 
 def _out_dtype(attn: Tensor) -> torch.dtype:

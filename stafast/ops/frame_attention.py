@@ -17,23 +17,7 @@ from torch import Tensor
 from . import _backend, _checks, reference
 
 NAME = "frame_attention"
-
-
-def _triton():
-    from stafast.kernels import frame_attention as k
-    return k.forward, k.backward
-
-
-def _ext():
-    ops = torch.ops.stafast_ext
-    return ops.frame_attention, ops.frame_attention_backward
-
-
-IMPLS = {
-    "reference": lambda: (reference.frame_attention, reference.frame_attention_backward),
-    "triton": _triton,
-    "ext": _ext,
-}
+IMPLS = _backend.implementations(NAME, reference.frame_attention, reference.frame_attention_backward)
 
 
 @torch.library.custom_op("stafast::frame_attention", mutates_args=())

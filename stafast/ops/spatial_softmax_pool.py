@@ -14,23 +14,7 @@ from torch import Tensor
 from . import _backend, _checks, reference
 
 NAME = "spatial_softmax_pool"
-
-
-def _triton():
-    from stafast.kernels import spatial_softmax_pool as k
-    return k.forward, k.backward
-
-
-def _ext():
-    ops = torch.ops.stafast_ext
-    return ops.spatial_softmax_pool, ops.spatial_softmax_pool_backward
-
-
-IMPLS = {
-    "reference": lambda: (reference.spatial_softmax_pool, reference.spatial_softmax_pool_backward),
-    "triton": _triton,
-    "ext": _ext,
-}
+IMPLS = _backend.implementations(NAME, reference.spatial_softmax_pool, reference.spatial_softmax_pool_backward)
 
 
 @torch.library.custom_op("stafast::spatial_softmax_pool", mutates_args=())
