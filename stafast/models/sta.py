@@ -115,7 +115,10 @@ class STA(nn.Module):
         if self.enhance and n != self.num_frames:
             raise ValueError(f"STA was built for num_frames={self.num_frames} (the N x N enhancement prior) "
                              f"but got clips with N={n}; shape {tuple(clips.shape)}")
-        fmap = self.backbone(clips.flatten(0, 1))                      # (B*N, D, h, w)
+        return self.head(self.backbone(clips.flatten(0, 1)), b, n)
+
+    def head(self, fmap: Tensor, b: int, n: int) -> STAOutput:
+        """Everything after the backbone: feature maps (B*N, D, h, w) of B clips x N frames -> output."""
         grid = tuple(fmap.shape[-2:])
         f = fmap.flatten(2).transpose(1, 2)                            # (B*N, L, D)
         if self.spatial_mode == "attention":

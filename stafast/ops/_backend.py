@@ -89,6 +89,13 @@ def requested() -> str:
     return _check_name(name.strip().lower())
 
 
+def inline_reference() -> bool:
+    """Under torch.compile with the reference backend chosen, the public ops call the plain PyTorch
+    spec directly, so the compiler fuses it like any PyTorch code (this is "torch.compile of the
+    reference" in the benchmarks); otherwise they go through the registered, opaque custom op."""
+    return torch.compiler.is_compiling() and requested() == "reference"
+
+
 def resolve(device: torch.device) -> list[str]:
     """Backends to try, in order, for a tensor on `device`."""
     name = requested()

@@ -67,7 +67,7 @@ def diversity_penalty(attn: Tensor, kind: str = "hellinger", reduction: str = "m
     _checks.tensor(NAME, "attn", attn, 3, "(M, K, L)")
     _checks.choice(NAME, "kind", kind, KINDS)
     _checks.choice(NAME, "reduction", reduction, REDUCTIONS)
-    q = _op(attn.contiguous(), kind)
+    q = reference.diversity_penalty(attn, kind) if _backend.inline_reference() else _op(attn.contiguous(), kind)
     if reduction == "mean":
         return q.mean()
     if reduction == "sum":

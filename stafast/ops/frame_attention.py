@@ -70,4 +70,6 @@ def frame_attention(x: Tensor, bias: Tensor, scale: float = 1.0) -> Tensor:
         raise ValueError(f"{NAME}: bias has shape {tuple(bias.shape)} but must be (N, N) = ({n}, {n}) "
                          f"for x of shape {tuple(x.shape)}")
     scale = _checks.finite(NAME, "scale", scale)
+    if _backend.inline_reference():
+        return reference.frame_attention(x, bias, scale)
     return _op(x.contiguous(), bias.contiguous(), scale)

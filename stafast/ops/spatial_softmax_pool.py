@@ -63,4 +63,6 @@ def spatial_softmax_pool(logits: Tensor, feats: Tensor) -> tuple[Tensor, Tensor]
     m, k, l = logits.shape
     _checks.dim(NAME, "feats", feats, 0, m, "its M (frames) as in logits", f"({m}, {l}, D)")
     _checks.dim(NAME, "feats", feats, 1, l, "its L (grid cells) as in logits", f"({m}, {l}, D)")
+    if _backend.inline_reference():
+        return reference.spatial_softmax_pool(logits, feats)
     return _op(logits.contiguous(), feats.contiguous())

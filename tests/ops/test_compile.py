@@ -24,3 +24,19 @@ def test_compile_fullgraph_all_three_ops():
     close(loss, want_loss, torch.float32, "loss")
     for g, w in zip(grads, want):
         close(g, w, torch.float32, "grad")
+
+
+def test_reference_backend_is_traced_inline_under_compile():
+    """With the reference backend, torch.compile sees the plain PyTorch spec (no custom op in the graph)."""
+    logits, feats = ssp_inputs((6, 2, 7, 5), torch.float32, requires_grad=True)
+    _, bias, _ = fa_inputs((2, 3, 2, 5), torch.float32, requires_grad=True)
+    seen = []
+
+    def spy(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+    with ops.backend("reference"):
+        out = torch.compile(head, fullgraph=True, backend=spy)(logits, feats, bias)
+    assert not any("stafast" in t for t in seen), seen
+    with ops.backend("reference"):
+        close(out, head(logits, feats, bias), torch.float32, "loss")
