@@ -5,8 +5,8 @@
 
 .npy: a (T, D) float32 array, with the inputs' names in OUTPUT.names.txt (one per line, same
 order); .pt: {"embeddings": (T, D) tensor, "names": [...]}.  Frames of a folder are ordered by
-the integer frame number in their names; a video file is decoded with torchvision (PyAV) and
-its frames written to a temporary folder first.  Test sampling by default (first frame of each
+the integer frame number in their names; a video file is decoded with PyAV and
+its frames written to a temporary folder first (video needs PyAV: pip install av).  Test sampling by default (first frame of each
 of N chunks); --all-frames averages every clip of N consecutive frames.
 """
 from __future__ import annotations
@@ -26,19 +26,23 @@ VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 
 
 def video_to_frames(path: str, folder: str) -> tuple[str, ...]:
+    """Decode a video file with PyAV into PNG frames in `folder`."""
     from PIL import Image
     try:
-        import torchvision.io
-        frames, _, _ = torchvision.io.read_video(path, pts_unit="sec", output_format="THWC")
-    except (ImportError, RuntimeError, AttributeError) as e:
-        raise DatasetError(f"cannot decode video {path} ({type(e).__name__}: {e}); install PyAV (pip install av) "
+        import av
+    except ImportError:
+        raise DatasetError(f"cannot decode video {path}: PyAV is not installed (pip install av), "
                            "or pass a folder of frames") from None
-    if len(frames) == 0:
-        raise DatasetError(f"video {path} has no frames")
     out = []
-    for i, f in enumerate(frames.numpy()):
-        out.append(os.path.join(folder, f"{i:06d}.png"))
-        Image.fromarray(f).save(out[-1])
+    try:
+        with av.open(path) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                out.append(os.path.join(folder, f"{i:06d}.png"))
+                Image.fromarray(frame.to_ndarray(format="rgb24")).save(out[-1])
+    except av.FFmpegError as e:
+        raise DatasetError(f"cannot decode video {path}: {e}") from None
+    if not out:
+        raise DatasetError(f"video {path} has no frames")
     return tuple(out)
 
 

@@ -74,6 +74,25 @@ def test_embed_folders(trained, tmp_path, ext):
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, rtol=1e-5)
 
 
+def test_embed_a_video_file(trained, tmp_path):
+    av = pytest.importorskip("av") if not os.environ.get("CI") else __import__("av")
+    _, ckpt = trained
+    path = str(tmp_path / "walk.mp4")
+    with av.open(path, "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 64, "yuv420p"
+        for i in range(7):
+            img = np.full((64, 32, 3), 40 * (i % 5), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    out = str(tmp_path / "v.pt")
+    embed.main(["--checkpoint", ckpt, "--output", out, "--workers", "0", path])
+    saved = torch.load(out)
+    assert saved["embeddings"].shape == (1, 128) and saved["names"] == [os.path.normpath(path)]
+
+
 def test_bad_inputs(trained, tmp_path):
     root, ckpt = trained
     with pytest.raises(FileNotFoundError, match="checkpoint .*missing.pt does not exist"):
