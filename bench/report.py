@@ -26,8 +26,9 @@ def main(path: str) -> str:
     copy_bw = copy[0]["extra_info"]["bytes"] / seconds(copy[0]) if copy else None
     groups = defaultdict(dict)
     data = [b for b in benches if b["extra_info"].get("op") == "data"]
+    evals = [b for b in benches if b["extra_info"].get("op") == "evaluate"]
     for b in benches:
-        if b["extra_info"].get("op") not in ("copy", "data"):
+        if b["extra_info"].get("op") not in ("copy", "data", "evaluate"):
             groups[b["group"]][b["extra_info"]["impl"]] = b
     first = benches[0]["extra_info"]
     lines = [f"Device: {first.get('device')}; torch {first.get('torch')}, triton {first.get('triton')}; "
@@ -42,18 +43,23 @@ def main(path: str) -> str:
         impls = groups[name]
         eager = seconds(impls["eager"]) if "eager" in impls else None
         comp = seconds(impls["compile"]) if "compile" in impls else None
-        for impl in ("eager", "compile", "triton", "ext"):
+        for impl in ("eager", "compile", "triton", "ext", "fused"):
             if impl not in impls:
                 continue
             b = impls[impl]
             t = seconds(b)
             bw = ""
+            if impl == "fused":
+                impl = f"fused ({b['extra_info'].get('backend')})"
             if b["extra_info"].get("mode") == "fwd" and "fwd_bytes" in b["extra_info"]:
                 gbs = b["extra_info"]["fwd_bytes"] / t / 1e9
                 bw = f"{gbs:.1f} GB/s" + (f" ({100 * gbs * 1e9 / copy_bw:.0f}% of copy)" if copy_bw else "")
             lines.append(f"| {name} | {impl} | {t * 1e3:.3f} ms | "
                          f"{eager / t:.2f}x | {comp / t:.2f}x | {bw} |" if eager and comp else
                          f"| {name} | {impl} | {t * 1e3:.3f} ms | | | {bw} |")
+    if evals:
+        lines += ["", "| evaluation | median | valid queries |", "| --- | ---: | ---: |"]
+        lines += [f"| {b['group']} | {seconds(b):.3f} s | {b['extra_info']['num_valid_queries']} |" for b in evals]
     if data:
         lines += ["", "| data pipeline | clips/s | vs torch DataLoader |", "| --- | ---: | ---: |"]
         rate = {b["extra_info"]["impl"]: b["extra_info"]["clips_per_s"] for b in data}
