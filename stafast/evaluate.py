@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import ClipPlan, build_loader
-from .metrics import evaluate, ranks
+from .metrics import chance_rank1, evaluate, ranks
 
 
 @torch.no_grad()
@@ -52,19 +52,6 @@ def evaluate_dataset(model, dataset, num_frames: int, height: int, width: int, p
     return {**ranks(result), "mAP": result["mAP"], "num_valid_queries": result["num_valid_queries"],
             "protocol": protocol, "num_query": len(qp), "num_gallery": len(gp),
             "chance_rank1": chance_rank1(qp, gp, qc, gc, protocol)}
-
-
-def chance_rank1(qp, gp, qc, gc, protocol: str) -> float:
-    """Expected rank-1 of random distances: per query, good / (gallery items left after removing junk)."""
-    vals = []
-    for p, c in zip(qp, qc):
-        same = (gp == p) & (gc == c)
-        junk = same | (gp == -1) if protocol == "official" else same
-        good = (gp == p) & (gc != c) if protocol == "official" else (gp == p) & ~same
-        if good.sum() == 0 and protocol == "toolbox":
-            continue
-        vals.append(good.sum() / max(1, (~junk).sum()))
-    return float(np.mean(vals)) if vals else 0.0
 
 
 def load_model(checkpoint: str, device: str = "cpu"):

@@ -20,6 +20,28 @@ import torch
 PROTOCOLS = ("official", "toolbox")
 
 
+def protocol_masks(q_pids, q_camids, g_pids, g_camids, protocol: str):
+    """(keep, good), each (queries, gallery): which gallery items stay in a query's ranking, and
+    which of those are correct matches, under `protocol` (the definitions in the module doc)."""
+    same_id = g_pids[None, :] == q_pids[:, None]
+    same_cam = g_camids[None, :] == q_camids[:, None]
+    if protocol == "official":
+        keep = ~((g_pids[None, :] == -1) | (same_id & same_cam))
+        return keep, same_id & ~same_cam & keep
+    keep = ~(same_id & same_cam)
+    return keep, same_id & keep
+
+
+def chance_rank1(q_pids, g_pids, q_camids, g_camids, protocol: str = "official") -> float:
+    """Expected rank-1 of random distances: per counted query, good / kept gallery items."""
+    q_pids, g_pids, q_camids, g_camids = (torch.as_tensor(np.asarray(a)).long().ravel()
+                                          for a in (q_pids, g_pids, q_camids, g_camids))
+    keep, good = protocol_masks(q_pids, q_camids, g_pids, g_camids, protocol)
+    rate = good.sum(1).double() / keep.sum(1).clamp(min=1).double()
+    counted = good.any(1) if protocol == "toolbox" else torch.ones_like(rate, dtype=torch.bool)
+    return float(rate[counted].mean()) if counted.any() else 0.0
+
+
 def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, protocol: str = "official", max_rank: int = 50,
              chunk: int = 256) -> dict:
     """Returns {"cmc": float array (max_rank,), "mAP": float, "num_valid_queries": int, "protocol": str}."""
@@ -38,15 +60,8 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, protocol: str = "offic
     gidx = torch.arange(ng, dtype=torch.int64)
     for s in range(0, nq, chunk):
         order = _stable_argsort(dist[s:s + chunk].float(), gidx)           # (c, G) gallery indices by rank
-        qp, qc = q_pids[s:s + chunk, None], q_camids[s:s + chunk, None]
-        same_id, same_cam = g_pids[None, :] == qp, g_camids[None, :] == qc
-        if protocol == "official":
-            keep = ~((g_pids[None, :] == -1) | (same_id & same_cam))
-            good = same_id & ~same_cam
-        else:
-            keep = ~(same_id & same_cam)
-            good = same_id & keep
-        keep, hits = torch.gather(keep, 1, order), torch.gather(good & keep, 1, order)  # in rank order
+        keep, good = protocol_masks(q_pids[s:s + chunk], q_camids[s:s + chunk], g_pids, g_camids, protocol)
+        keep, hits = torch.gather(keep, 1, order), torch.gather(good, 1, order)  # in rank order
         rank = torch.cumsum(keep, dim=1, dtype=torch.int32)                  # 1-based rank among kept items
         k = torch.cumsum(hits, dim=1, dtype=torch.int32)                     # hits so far
         n_good = k[:, -1]

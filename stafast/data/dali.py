@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .datasets import DatasetError
-from .loader import MEAN, STD, read_image
+from .loader import MEAN, STD, read_image, read_nearest
 from .plan import ClipPlan
 
 
@@ -44,13 +44,8 @@ class _FrameSource:
                 return np.fromfile(frames[i], dtype=np.uint8), 0
             except OSError as e:
                 raise DatasetError(f"cannot read frame {frames[i]}: {e}") from None
-        for j in sorted(range(len(frames)), key=lambda j: abs(j - i)):
-            try:
-                read_image(frames[j])  # full decode: only readable frames reach DALI in skip mode
-                return np.fromfile(frames[j], dtype=np.uint8), int(j != i)
-            except DatasetError:
-                continue
-        raise DatasetError(f"no frame of the tracklet starting {frames[0]} can be read")
+        _, j = read_nearest(frames, i)  # full decode: only readable frames reach DALI in skip mode
+        return np.fromfile(frames[j], dtype=np.uint8), int(j != i)
 
 
 class DALIClipLoader:

@@ -28,6 +28,16 @@ def read_image(path: str) -> np.ndarray:
         raise DatasetError(f"cannot read frame {path}: {type(e).__name__}: {e}") from None
 
 
+def read_nearest(frames: tuple[str, ...], i: int) -> tuple[np.ndarray, int]:
+    """Frame i of a tracklet or, if it cannot be read, the nearest readable one: (image, its index)."""
+    for j in sorted(range(len(frames)), key=lambda j: abs(j - i)):
+        try:
+            return read_image(frames[j]), j
+        except DatasetError:
+            continue
+    raise DatasetError(f"no frame of the tracklet starting {frames[0]} can be read")
+
+
 def to_model_input(frames: np.ndarray, height: int, width: int, flip: bool) -> torch.Tensor:
     """(N, H0, W0, 3) uint8 -> (N, 3, height, width) float32: bilinear resize (half-pixel centres, no
     antialias, as DALI's linear resize), optional horizontal flip, ImageNet normalisation."""
@@ -58,17 +68,10 @@ class ClipDataset(torch.utils.data.Dataset):
         return len(self.plan.order(self.epoch))
 
     def _frame(self, frames: tuple[str, ...], i: int) -> tuple[np.ndarray, int]:
-        try:
+        if self.on_error == "raise":
             return read_image(frames[i]), 0
-        except DatasetError:
-            if self.on_error == "raise":
-                raise
-            for j in sorted(range(len(frames)), key=lambda j: abs(j - i))[1:]:
-                try:
-                    return read_image(frames[j]), 1
-                except DatasetError:
-                    continue
-            raise DatasetError(f"no frame of the tracklet starting {frames[0]} can be read") from None
+        image, j = read_nearest(frames, i)
+        return image, int(j != i)
 
     def __getitem__(self, position: int) -> dict:
         t, idx, flip = self.plan.sample(self.epoch, position)
