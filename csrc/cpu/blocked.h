@@ -39,12 +39,30 @@ inline void mix_rows_block(const T* coef, int64_t so, int64_t si, const T* in, i
   }
 }
 
+// Output rows per pass: the accumulators (rows x one chunk) must fit in the vector registers
+// (32 with AVX-512, 16 with AVX2) beside the input chunk, so that `in` is read once per pass.
+#ifdef __AVX512F__
+constexpr int kMaxRows = 8;
+#else
+constexpr int kMaxRows = 6;
+#endif
+
 template <typename T>
 inline void mix_rows(const T* coef, int64_t so, int64_t si, const T* in, int64_t in_stride, T* out, int64_t out_stride,
                      int64_t n_out, int64_t n_in, int64_t D) {
   int64_t o = 0;
-  for (; o + 4 <= n_out; o += 4) mix_rows_block<T, 4>(coef, so, si, in, in_stride, out, out_stride, o, n_in, D);
-  for (; o < n_out; ++o) mix_rows_block<T, 1>(coef, so, si, in, in_stride, out, out_stride, o, n_in, D);
+  for (; o + kMaxRows <= n_out; o += kMaxRows)
+    mix_rows_block<T, kMaxRows>(coef, so, si, in, in_stride, out, out_stride, o, n_in, D);
+  // The remaining rows in one pass too (e.g. all K = 6 heads of spatial_softmax_pool's forward).
+  switch (n_out - o) {
+#define STAFAST_REST(R) \
+  case R:               \
+    return mix_rows_block<T, R>(coef, so, si, in, in_stride, out, out_stride, o, n_in, D);
+    STAFAST_REST(1) STAFAST_REST(2) STAFAST_REST(3) STAFAST_REST(4) STAFAST_REST(5) STAFAST_REST(6) STAFAST_REST(7)
+#undef STAFAST_REST
+    default:
+      return;
+  }
 }
 
 // dots[a, b] += <x[a, :], y[b, :]> for a < na, b < nb (rows D long), 2 x 4 row pairs at a time.

@@ -96,7 +96,7 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& bias_in, double sca
   const int64_t B = x.size(0), N = x.size(1), K = x.size(2), D = x.size(3);
   TORCH_CHECK(bias.size(0) == N && bias.size(1) == N, "stafast_ext: bias must be (N, N) = (", N, ", ", N, "), got ",
               bias.sizes());
-  auto out = at::empty_like(x);
+  auto out = empty_output(x.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "frame_attention", [&] {
     forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
                              static_cast<scalar_t>(scale), B, N, K, D);
@@ -115,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_in, const at:
   const int64_t B = x.size(0), N = x.size(1), K = x.size(2), D = x.size(3);
   TORCH_CHECK(grad.sizes() == x.sizes() && bias.size(0) == N && bias.size(1) == N,
               "stafast_ext: frame_attention_backward got mismatched shapes");
-  auto grad_x = at::empty_like(x);
+  auto grad_x = empty_output(x.sizes(), x.options());
   auto grad_scores = at::empty({B * K, N, N}, x.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "frame_attention_backward", [&] {
     backward_kernel<scalar_t>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),

@@ -68,8 +68,8 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& logits_in, const at
   const int64_t M = logits.size(0), K = logits.size(1), L = logits.size(2), D = feats.size(2);
   TORCH_CHECK(feats.size(0) == M && feats.size(1) == L, "stafast_ext: feats must be (M, L, D) = (", M, ", ", L,
               ", D), got ", feats.sizes());
-  auto pooled = at::empty({M, K, D}, logits.options());
-  auto attn = at::empty({M, K, L}, logits.options());
+  auto pooled = empty_output({M, K, D}, logits.options());
+  auto attn = empty_output({M, K, L}, logits.options());
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "spatial_softmax_pool", [&] {
     forward_kernel<scalar_t>(logits.data_ptr<scalar_t>(), feats.data_ptr<scalar_t>(), pooled.data_ptr<scalar_t>(),
                              attn.data_ptr<scalar_t>(), M, K, L, D);
@@ -90,8 +90,8 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_pooled_in, co
   TORCH_CHECK(grad_pooled.sizes() == at::IntArrayRef({M, K, D}) && grad_attn.sizes() == logits.sizes() &&
                   feats.size(0) == M && feats.size(1) == L,
               "stafast_ext: spatial_softmax_pool_backward got mismatched shapes");
-  auto grad_logits = at::empty_like(logits);
-  auto grad_feats = at::empty_like(feats);
+  auto grad_logits = empty_output(logits.sizes(), logits.options());
+  auto grad_feats = empty_output(feats.sizes(), feats.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "spatial_softmax_pool_backward", [&] {
     backward_kernel<scalar_t>(grad_pooled.data_ptr<scalar_t>(), grad_attn.data_ptr<scalar_t>(),
                               logits.data_ptr<scalar_t>(), feats.data_ptr<scalar_t>(),

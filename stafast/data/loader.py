@@ -41,7 +41,8 @@ def read_nearest(frames: tuple[str, ...], i: int) -> tuple[np.ndarray, int]:
 def to_model_input(frames: np.ndarray, height: int, width: int, flip: bool) -> torch.Tensor:
     """(N, H0, W0, 3) uint8 -> (N, 3, height, width) float32: bilinear resize (half-pixel centres, no
     antialias, as DALI's linear resize), optional horizontal flip, ImageNet normalisation."""
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    # Read-only arrays (a repeated frame) are copied: torch wants writable memory even to read it.
+    x = torch.from_numpy(np.require(frames, requirements="W")).permute(0, 3, 1, 2).float()
     if x.shape[-2:] != (height, width):
         x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
     if flip:
