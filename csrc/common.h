@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #ifdef __linux__
 #include <sys/mman.h>
@@ -34,12 +35,16 @@ inline at::Tensor compute_copy(const at::Tensor& t) {
 // A CPU output the kernel writes in full. glibc maps every allocation over 32 MB afresh, so a
 // 50 MB grad_feats costs 12k page faults on first touch, more than the kernel itself. Large
 // outputs are therefore advised onto transparent huge pages (2 MB: ~25 faults). The advice only
-// changes how the pages are backed (and is ignored where THP is off).
+// changes how the pages are backed (it is ignored where THP is off); STAFAST_THP=0 turns it off.
 inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   auto t = at::empty(sizes, options);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
+  static const bool advise = [] {
+    const char* v = std::getenv("STAFAST_THP");
+    return v == nullptr || std::string(v) != "0";
+  }();
   constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  if (t.device().is_cpu() && t.nbytes() >= 2 * kHuge) {
+  if (advise && t.device().is_cpu() && t.nbytes() >= 2 * kHuge) {
     const auto p = reinterpret_cast<uintptr_t>(t.data_ptr());
     const uintptr_t begin = (p + kHuge - 1) & ~(kHuge - 1), end = (p + t.nbytes()) & ~(kHuge - 1);
     if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
