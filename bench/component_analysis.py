@@ -35,10 +35,16 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--out", default="bench/results/components")
+    p.add_argument("--configs", nargs="+", metavar="NAME", help="only these rows (e.g. SpaAtn+Q K=2); default all")
     a = p.parse_args(argv)
     from stafast import train
     os.makedirs(a.out, exist_ok=True)
     configs = ROWS + [(f"K={k}", ["--ablation", "spaatn+q+temattn", "--heads", str(k)]) for k in HEADS if k != 6]
+    if a.configs:
+        unknown = set(a.configs) - {name for name, _ in configs}
+        if unknown:
+            p.error(f"unknown --configs {sorted(unknown)}; expected names from {[name for name, _ in configs]}")
+        configs = [(name, flags) for name, flags in configs if name in a.configs]
     runs = []
     path = os.path.join(a.out, "components.json")
     for name, flags in configs:
@@ -53,11 +59,12 @@ def main(argv=None):
             with open(path, "w") as f:
                 json.dump({"epochs": a.epochs, "seeds": a.seeds, "extra": extra, "runs": runs}, f, indent=2)
     rows = {name: [r for r in runs if r["config"] == name] for name, _ in configs}
-    rows["K=6"] = rows["SpaAtn+Q+TemAtn"]
+    if "SpaAtn+Q+TemAtn" in rows:
+        rows["K=6"] = rows["SpaAtn+Q+TemAtn"]
     lines = [f"Synthetic MARS layout (occluded), ResNet-18 from random weights, {a.epochs} epochs, seeds {a.seeds}, "
              f"official protocol; chance rank-1 {runs[0]['chance_rank1']:.3f}. Extra flags: {' '.join(extra) or 'none'}.",
              "", "| model | rank-1 (mean +- sd) | mAP (mean +- sd) | paper, MARS rank-1 |", "| --- | ---: | ---: | ---: |"]
-    for name in [n for n, _ in ROWS] + [f"K={k}" for k in HEADS]:
+    for name in [n for n in [n for n, _ in ROWS] + [f"K={k}" for k in HEADS] if rows.get(n)]:
         r1 = np.array([r["rank1"] for r in rows[name]])
         mp = np.array([r["mAP"] for r in rows[name]])
         lines.append(f"| {name} | {r1.mean():.3f} +- {r1.std():.3f} | {mp.mean():.3f} +- {mp.std():.3f} | {PAPER[name]} |")
