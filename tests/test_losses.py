@@ -6,7 +6,9 @@ from stafast.losses import OIMLoss, SoftmaxLoss, TripletLoss
 
 
 def toy_problem(num_ids=5, per_id=4, dim=16):
-    centers = F.normalize(torch.randn(num_ids, dim), dim=1)
+    # Orthogonal unit centres: random ones can lie so close that no net separates them well,
+    # which made "the loss went down" tests fail for some seeds.
+    centers = torch.eye(dim)[:num_ids]
     targets = torch.arange(num_ids).repeat_interleave(per_id)
     return centers, targets
 
@@ -18,7 +20,7 @@ def test_oim_lowers_the_loss_and_keeps_rows_unit_norm():
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     losses = []
     for _ in range(60):
-        feats = F.normalize(net(centers[targets] + 0.3 * torch.randn(len(targets), 16)), dim=1)
+        feats = F.normalize(net(centers[targets] + 0.1 * torch.randn(len(targets), 16)), dim=1)
         loss = crit(feats, targets)
         opt.zero_grad()
         loss.backward()
@@ -62,20 +64,24 @@ def test_oim_bad_targets():
 
 
 def test_softmax_and_triplet_learn():
+    # Judged on one held-out batch before and after training, not on two noisy training steps;
+    # margin 1 keeps the triplet loss above zero at the start.  Over 300 seeds the worst
+    # after/before ratio was 0.59 (softmax) and 0.18 (triplet); OIM above: 0.013 against 0.5.
     centers, targets = toy_problem()
-    for crit in (SoftmaxLoss(16, 5), TripletLoss(0.3)):
+    for crit in (SoftmaxLoss(16, 5), TripletLoss(margin=1.0)):
         net = torch.nn.Linear(16, 16)
         opt = torch.optim.SGD(list(net.parameters()) + list(crit.parameters()), lr=0.1)
-        first = last = None
-        for _ in range(40):
-            feats = net(centers[targets] + 0.3 * torch.randn(len(targets), 16))
-            loss = crit(feats, targets)
+        held_out = centers[targets] + 0.1 * torch.randn(len(targets), 16)
+        with torch.no_grad():
+            before = crit(net(held_out), targets).item()
+        for _ in range(60):
+            loss = crit(net(centers[targets] + 0.1 * torch.randn(len(targets), 16)), targets)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            first = loss.item() if first is None else first
-            last = loss.item()
-        assert last < first, type(crit).__name__
+        with torch.no_grad():
+            after = crit(net(held_out), targets).item()
+        assert before > 0 and after < 0.85 * before, (type(crit).__name__, before, after)
 
 
 def test_triplet_batch_hard_value():
