@@ -5,9 +5,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
 
 namespace stafast {
 
@@ -32,25 +29,10 @@ inline at::Tensor compute_copy(const at::Tensor& t) {
   return (low_precision(t) ? t.to(at::kFloat) : t).contiguous();
 }
 
-// A CPU output the kernel writes in full. glibc maps every allocation over 32 MB afresh, so a
-// 50 MB grad_feats costs 12k page faults on first touch, more than the kernel itself. Large
-// outputs are therefore advised onto transparent huge pages (2 MB: ~25 faults). The advice only
-// changes how the pages are backed (it is ignored where THP is off); STAFAST_THP=0 turns it off.
-inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  auto t = at::empty(sizes, options);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  static const bool advise = [] {
-    const char* v = std::getenv("STAFAST_THP");
-    return v == nullptr || std::string(v) != "0";
-  }();
-  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  if (advise && t.device().is_cpu() && t.nbytes() >= 2 * kHuge) {
-    const auto p = reinterpret_cast<uintptr_t>(t.data_ptr());
-    const uintptr_t begin = (p + kHuge - 1) & ~(kHuge - 1), end = (p + t.nbytes()) & ~(kHuge - 1);
-    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-  }
-#endif
-  return t;
-}
+// A CPU output the kernel writes in full. Outputs of 4 MB and more come from a cache of freed
+// blocks (csrc/output_cache.cpp says why); smaller ones from at::empty.
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+int64_t output_cache_bytes();  // bytes held by the cache now (torch.ops.stafast_ext.output_cache_bytes)
+void output_cache_clear();     // frees them (torch.ops.stafast_ext.output_cache_clear)
 
 }  // namespace stafast

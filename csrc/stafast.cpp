@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "common.h"
+
 extern "C" {
 // Importing stafast._C loads this library, which runs the TORCH_LIBRARY registrations below.
 PyObject* PyInit__C(void) {
@@ -28,4 +30,7 @@ TORCH_LIBRARY(stafast_ext, m) {
   m.def("frame_attention(Tensor x, Tensor bias, float scale) -> Tensor");
   m.def("frame_attention_backward(Tensor grad, Tensor x, Tensor bias, float scale) -> (Tensor, Tensor)");
   m.def("has_cuda() -> bool", &has_cuda);
+  // The CPU output cache (output_cache.cpp): how much it holds, and a way to give it back.
+  m.def("output_cache_bytes() -> int", &stafast::output_cache_bytes);
+  m.def("output_cache_clear() -> ()", &stafast::output_cache_clear);
 }
