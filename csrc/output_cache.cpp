@@ -13,14 +13,12 @@
 #include "common.h"
 
 #include <ATen/EmptyTensor.h>
-#include <c10/core/CPUAllocator.h>
 
 #include <algorithm>
-#include <cstring>
+#include <cstdlib>
 #include <list>
 #include <mutex>
 #include <string>
-#include <utility>
 #ifdef __linux__
 #include <sys/mman.h>
 #endif
