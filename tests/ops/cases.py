@@ -12,9 +12,12 @@ import torch
 
 from stafast.ops import available_backends
 
-# Odd sizes on purpose: K = 1, N = 1, L not a power of two, D not a multiple of 16; K = 9 is one
-# more than the CPU kernels' row block; M = 37 is several 8- or 16-frame lane blocks and a partial one.
-SSP_SHAPES = [(1, 1, 1, 1), (3, 1, 7, 5), (4, 6, 32, 33), (2, 3, 13, 70), (5, 2, 50, 17), (2, 9, 6, 40)]  # (M, K, L, D)
+# Odd sizes on purpose: K = 1, N = 1, L not a power of two, D not a multiple of 16; M = 37 is several
+# 8- or 16-frame lane blocks and a partial one. spatial_softmax_pool's CPU tiles (6 heads x 2-3 rows,
+# 6 heads x 2-4 vectors of channels) get full tiles followed by smaller last tiles of every size:
+# K = 7 and 9, L = 5 to 50, D = 115 (64 + 48 + 3 channels in fp32).
+SSP_SHAPES = [(1, 1, 1, 1), (3, 1, 7, 5), (4, 6, 32, 33), (2, 3, 13, 70), (5, 2, 50, 17), (2, 9, 6, 40),
+              (2, 7, 5, 115)]  # (M, K, L, D)
 DIV_SHAPES = [(1, 1, 1), (3, 1, 7), (5, 6, 32), (2, 4, 13), (1, 8, 50), (37, 6, 32), (19, 9, 5)]      # (M, K, L)
 FA_SHAPES = [(1, 1, 1, 1), (2, 1, 3, 5), (3, 6, 2, 33), (1, 4, 1, 70), (2, 7, 6, 19)]       # (B, N, K, D)
 DTYPES = [torch.float32, torch.float64]
