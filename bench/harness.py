@@ -112,7 +112,7 @@ def warm_up(step, calls: int = 20, seconds: float = 0.5) -> None:
     """Run `step` until `calls` calls or `seconds` have passed (at least once), before timing.
 
     Training repeats the same step thousands of times, so the steady state is what is timed. On
-    the 2-core VMs used here, a loop over fresh 50 MB buffers (a plain copy_ included) takes about
+    the 2-core VMs used here, a loop over the same 50 MB buffers (a plain copy_ included) takes about
     ten calls to settle at up to 2x faster than its first calls.
     """
     start = time.perf_counter()
