@@ -39,7 +39,7 @@ constexpr int kForwardVecs = 2;  // 6 x 2 + 2 + 1 of 16 (AVX2, SSE)
 
 template <typename T, int KB, int C>
 void forward_tile(const T* attn, const T* feats, T* pooled, int64_t L, int64_t D, int64_t k0, int64_t d) {
-  constexpr int64_t W = kLanes<T>;
+  constexpr int64_t W = kVecLanes<T>;
   Vec<T> acc[KB][C];
 #pragma GCC unroll 8
   for (int k = 0; k < KB; ++k)
@@ -70,7 +70,7 @@ void forward_kernel(const T* logits, const T* feats, T* pooled, T* attn, int64_t
       softmax_rows(logits + m * K * L, a, K, L);
       const T* f = feats + m * L * D;
       T* p = pooled + m * K * D;
-      constexpr int64_t W = kLanes<T>;
+      constexpr int64_t W = kVecLanes<T>;
       in_tiles<kTileHeads>(K, [&]<int KB>(int64_t k0) {
         in_tiles<kForwardVecs>(D / W, [&]<int C>(int64_t c0) { forward_tile<T, KB, C>(a, f, p, L, D, k0, c0 * W); });
         for (int64_t d = D / W * W; d < D; ++d)  // tail channels
@@ -108,7 +108,7 @@ constexpr int kTileRows = 2;
 
 template <typename T, int KB, int LB>
 void backward_tile(const FrameGrad<T>& a, int64_t k0, int64_t l0) {
-  constexpr int64_t W = kLanes<T>;
+  constexpr int64_t W = kVecLanes<T>;
   const int64_t L = a.L, D = a.D;
   const bool first = k0 == 0;  // later head groups add to grad_feats
   T w[KB][LB];                 // the attn coefficients, broadcast from the stack

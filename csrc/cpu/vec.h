@@ -21,7 +21,7 @@ struct VecOf {
 template <typename T>
 using Vec = typename VecOf<T>::type;
 template <typename T>
-constexpr int64_t kLanes = kVecBytes / sizeof(T);
+constexpr int64_t kVecLanes = kVecBytes / sizeof(T);
 
 template <typename T>
 inline Vec<T> load_vec(const T* p) {  // unaligned
