@@ -45,6 +45,7 @@ def test_ext_ops_built_for(march, tmp_path):
         pytest.skip("this CPU cannot run AVX2 code")
     cmd = [sys.executable, "-c", RUN, CSRC, march, str(tmp_path), "-q", "-p", "no:cacheprovider",
            "-k", "ext", *OP_TESTS]
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    env = dict(os.environ, STAFAST_TEST_DEVICE="cpu")  # CPU sources only (also under bench/gpu_check.sh)
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, f"-march={march} build or its ext tests failed:\n{run.stdout[-6000:]}\n{run.stderr[-4000:]}"
     assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]
