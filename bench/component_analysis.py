@@ -64,7 +64,9 @@ def main(argv=None):
     lines = [f"Synthetic MARS layout (occluded), ResNet-18 from random weights, {a.epochs} epochs, seeds {a.seeds}, "
              f"official protocol; chance rank-1 {runs[0]['chance_rank1']:.3f}. Extra flags: {' '.join(extra) or 'none'}.",
              "", "| model | rank-1 (mean +- sd) | mAP (mean +- sd) | paper, MARS rank-1 |", "| --- | ---: | ---: | ---: |"]
-    for name in [n for n in [n for n, _ in ROWS] + [f"K={k}" for k in HEADS] if rows.get(n)]:
+    for name in [n for n, _ in ROWS] + [f"K={k}" for k in HEADS]:
+        if not rows.get(name):  # not among --configs
+            continue
         r1 = np.array([r["rank1"] for r in rows[name]])
         mp = np.array([r["mAP"] for r in rows[name]])
         lines.append(f"| {name} | {r1.mean():.3f} +- {r1.std():.3f} | {mp.mean():.3f} +- {mp.std():.3f} | {PAPER[name]} |")
