@@ -65,4 +65,6 @@ def spatial_softmax_pool(logits: Tensor, feats: Tensor) -> tuple[Tensor, Tensor]
     _checks.dim(NAME, "feats", feats, 1, l, "its L (grid cells) as in logits", f"({m}, {l}, D)")
     if _backend.inline_reference():
         return reference.spatial_softmax_pool(logits, feats)
-    return _op(logits.contiguous(), feats.contiguous())
+    # feats goes as it is: the Triton kernels read it through its strides (the (M, D, L) -> (M, L, D)
+    # view of a channels-first feature map needs no copy); the other backends copy if they must.
+    return _op(logits.contiguous(), feats)

@@ -16,10 +16,15 @@ from stafast.ops import available_backends
 # 8- or 16-frame lane blocks and a partial one. spatial_softmax_pool's CPU tiles (6 heads x 2-3 rows,
 # 6 heads x 2-4 vectors of channels) get full tiles followed by smaller last tiles of every size:
 # K = 7 and 9, L = 5 to 50, D = 115 (64 + 48 + 3 channels in fp32).
+# The Triton kernels tile L, K, N and D: the last shapes of each list take several tiles of each at a
+# small M (L > 256: several L tiles; K > 16, 32 and 64: K tiles, backward head groups; N > 16: N
+# tiles, N > 64 and > 128: the frame attention's workspace path).
 SSP_SHAPES = [(1, 1, 1, 1), (3, 1, 7, 5), (4, 6, 32, 33), (2, 3, 13, 70), (5, 2, 50, 17), (2, 9, 6, 40),
-              (2, 7, 5, 115)]  # (M, K, L, D)
-DIV_SHAPES = [(1, 1, 1), (3, 1, 7), (5, 6, 32), (2, 4, 13), (1, 8, 50), (37, 6, 32), (19, 9, 5)]      # (M, K, L)
-FA_SHAPES = [(1, 1, 1, 1), (2, 1, 3, 5), (3, 6, 2, 33), (1, 4, 1, 70), (2, 7, 6, 19)]       # (B, N, K, D)
+              (2, 7, 5, 115), (2, 20, 300, 37), (1, 70, 9, 21)]  # (M, K, L, D)
+DIV_SHAPES = [(1, 1, 1), (3, 1, 7), (5, 6, 32), (2, 4, 13), (1, 8, 50), (37, 6, 32), (19, 9, 5),
+              (2, 20, 300), (1, 70, 33)]                                                     # (M, K, L)
+FA_SHAPES = [(1, 1, 1, 1), (2, 1, 3, 5), (3, 6, 2, 33), (1, 4, 1, 70), (2, 7, 6, 19), (2, 20, 2, 37),
+             (1, 70, 1, 9), (1, 150, 1, 5)]                                                  # (B, N, K, D)
 DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: dict(rtol=2e-4, atol=2e-5), torch.float64: dict(rtol=1e-9, atol=1e-10),
        torch.bfloat16: dict(rtol=3e-2, atol=3e-2), torch.float16: dict(rtol=5e-3, atol=5e-3)}
