@@ -1,6 +1,10 @@
-// CUDA kernels of diversity_penalty (Eq. 9 Hellinger Q, Eq. 10 Q'): one block per frame.
-// R (K x L) and E = R R^T - I (K x K) are built in shared memory; forward sums E^2, backward
-// writes g * 2 (E R) / R (Hellinger, 0 where S <= 0) or g * 4 E S (l2).
+// CUDA kernels of diversity_penalty (Eq. 9 Hellinger Q, Eq. 10 Q'), for any K and L: no frame is
+// held whole in shared memory.
+// gram:     block per frame; each warp takes pairs (i, j) of heads and reduces r_i . r_j over L
+//           (R = sqrt(S), or S), giving E = R R^T - I; forward sums E^2 into Q, backward writes E to a
+//           (M, K, K) workspace.
+// backward: one thread per element (frame, k, l): g * 2 (E R)[k, l] / R[k, l] (Hellinger, 0 where
+//           S <= 0) or g * 4 (E S)[k, l] (l2), with E R summed over the K heads from the workspace.
 #include <torch/library.h>
 
 #include "../common.h"
@@ -10,52 +14,56 @@ namespace stafast {
 namespace {
 
 template <typename scalar_t, typename acc_t>
-__device__ void build(const scalar_t* attn, acc_t* r, acc_t* e, int64_t m, int K, int L, bool hellinger) {
-  for (int i = threadIdx.x; i < K * L; i += blockDim.x) {
-    const acc_t s = static_cast<acc_t>(attn[m * K * L + i]);
-    r[i] = hellinger ? (s > 0 ? sqrt(s) : acc_t(0)) : s;
-  }
-  __syncthreads();
-  for (int p = threadIdx.x; p < K * K; p += blockDim.x) {
-    const int i = p / K, j = p % K;
-    acc_t dot = 0;
-    for (int l = 0; l < L; ++l) dot += r[i * L + l] * r[j * L + l];
-    e[p] = dot - (i == j ? acc_t(1) : acc_t(0));
-  }
-  __syncthreads();
+__device__ __forceinline__ acc_t r_of(const scalar_t* s, bool hellinger) {
+  const acc_t v = static_cast<acc_t>(*s);
+  return hellinger ? (v > 0 ? sqrt(v) : acc_t(0)) : v;
 }
 
+// E[i, j] of frame m for pairs p = warp, warp + warps, ...; forward adds E^2 into q[m], backward
+// (q == nullptr) writes E into e_out (M, K, K).
 template <typename scalar_t, typename acc_t>
-__global__ void forward_kernel(const scalar_t* __restrict__ attn, acc_t* __restrict__ q, int K, int L, bool hellinger) {
-  extern __shared__ unsigned char smem[];
-  acc_t* r = reinterpret_cast<acc_t*>(smem);
-  acc_t* e = r + K * L;
+__global__ void gram_kernel(const scalar_t* __restrict__ attn, acc_t* __restrict__ q, acc_t* __restrict__ e_out,
+                            int K, int L, bool hellinger) {
+  __shared__ acc_t partial[kThreads / 32];
   const int64_t m = blockIdx.x;
-  build(attn, r, e, m, K, L, hellinger);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, warps = blockDim.x / 32;
+  const scalar_t* frame = attn + m * K * L;
+  acc_t squares = 0;
+  for (int p = warp; p < K * K; p += warps) {
+    const int i = p / K, j = p % K;
+    acc_t dot = 0;
+    for (int l = lane; l < L; l += 32)
+      dot += r_of<scalar_t, acc_t>(frame + i * L + l, hellinger) * r_of<scalar_t, acc_t>(frame + j * L + l, hellinger);
+    const acc_t e = warp_sum(dot) - (i == j ? acc_t(1) : acc_t(0));
+    if (lane == 0) {
+      if (q != nullptr) squares += e * e;
+      else e_out[m * K * K + p] = e;
+    }
+  }
+  if (q == nullptr) return;
+  if (lane == 0) partial[warp] = squares;
+  __syncthreads();
   if (threadIdx.x == 0) {
     acc_t sum = 0;
-    for (int p = 0; p < K * K; ++p) sum += e[p] * e[p];
+    for (int w = 0; w < warps; ++w) sum += partial[w];
     q[m] = sum;
   }
 }
 
 template <typename scalar_t, typename acc_t>
 __global__ void backward_kernel(const acc_t* __restrict__ grad, const scalar_t* __restrict__ attn,
-                                scalar_t* __restrict__ grad_attn, int K, int L, bool hellinger) {
-  extern __shared__ unsigned char smem[];
-  acc_t* r = reinterpret_cast<acc_t*>(smem);
-  acc_t* e = r + K * L;
-  const int64_t m = blockIdx.x;
-  build(attn, r, e, m, K, L, hellinger);
-  const acc_t g = grad[m];
-  for (int i = threadIdx.x; i < K * L; i += blockDim.x) {
-    const int k = i / L, l = i % L;
-    acc_t er = 0;
-    for (int j = 0; j < K; ++j) er += e[k * K + j] * r[j * L + l];
-    const acc_t s = static_cast<acc_t>(attn[m * K * L + i]);
-    const acc_t out = hellinger ? (s > 0 ? 2 * er / r[i] * g : acc_t(0)) : 4 * er * g;
-    grad_attn[m * K * L + i] = static_cast<scalar_t>(out);
-  }
+                                const acc_t* __restrict__ e, scalar_t* __restrict__ grad_attn, int64_t M, int K,
+                                int L, bool hellinger) {
+  const int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (index >= M * K * L) return;
+  const int64_t m = index / (int64_t(K) * L);
+  const int k = (index / L) % K, l = index % L;
+  const scalar_t* frame = attn + m * K * L;
+  acc_t er = 0;
+  for (int j = 0; j < K; ++j) er += e[(m * K + k) * K + j] * r_of<scalar_t, acc_t>(frame + j * L + l, hellinger);
+  const acc_t s = static_cast<acc_t>(frame[k * L + l]);
+  const acc_t out = hellinger ? (s > 0 ? 2 * er / sqrt(s) * grad[m] : acc_t(0)) : 4 * er * grad[m];
+  grad_attn[index] = static_cast<scalar_t>(out);
 }
 
 at::ScalarType acc_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
@@ -70,8 +78,8 @@ at::Tensor forward(const at::Tensor& attn_in, c10::string_view kind) {
   auto q = at::empty({M}, attn.options().dtype(acc_dtype(attn)));
   STAFAST_DISPATCH(attn.scalar_type(), "diversity_penalty", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    forward_kernel<scalar_t, acc_t><<<M, kThreads, (K * L + K * K) * sizeof(acc_t), c10::cuda::getCurrentCUDAStream()>>>(
-        attn.data_ptr<scalar_t>(), q.data_ptr<acc_t>(), K, L, hellinger);
+    gram_kernel<scalar_t, acc_t><<<M, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        attn.data_ptr<scalar_t>(), q.data_ptr<acc_t>(), nullptr, K, L, hellinger);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return q;
@@ -86,10 +94,16 @@ at::Tensor backward(const at::Tensor& grad_in, const at::Tensor& attn_in, c10::s
   const int64_t M = attn.size(0);
   const int K = attn.size(1), L = attn.size(2);
   auto grad_attn = at::empty_like(attn);
+  auto e = at::empty({M, K, K}, attn.options().dtype(acc_dtype(attn)));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   STAFAST_DISPATCH(attn.scalar_type(), "diversity_penalty_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    backward_kernel<scalar_t, acc_t><<<M, kThreads, (K * L + K * K) * sizeof(acc_t), c10::cuda::getCurrentCUDAStream()>>>(
-        grad.data_ptr<acc_t>(), attn.data_ptr<scalar_t>(), grad_attn.data_ptr<scalar_t>(), K, L, hellinger);
+    gram_kernel<scalar_t, acc_t><<<M, kThreads, 0, stream>>>(attn.data_ptr<scalar_t>(), nullptr, e.data_ptr<acc_t>(), K,
+                                                            L, hellinger);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    backward_kernel<scalar_t, acc_t><<<cdiv(M * K * L, kThreads), kThreads, 0, stream>>>(
+        grad.data_ptr<acc_t>(), attn.data_ptr<scalar_t>(), e.data_ptr<acc_t>(), grad_attn.data_ptr<scalar_t>(), M, K, L,
+        hellinger);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grad_attn;

@@ -1,6 +1,13 @@
-// CUDA kernels of frame_attention (supplementary Eqs. 1-3, rows as the text says): one block
-// per (clip, head), threads over D. Pass 1 reduces the N x N scores (and dC in backward) into
-// shared memory; a few threads form C (and dA); pass 2 writes the output rows.
+// CUDA kernels of frame_attention (supplementary Eqs. 1-3, rows as the text says), for any N: the
+// N x N matrices of the B*K (clip, head) pairs live in a global fp32 (fp64) workspace, not in
+// shared memory.
+// pairs: each warp reduces one (i, j) over D: out[p, i, j] = scale * A_i . B_j (+ bias[i, j]).
+// rows:  one thread per row, in place: C = softmax(S), or dA = C (dC - rowsum(C dC)).
+// mix:   block (clip-head p, 128 channels), a thread per channel:
+//        out_i = sum_j W[i, j] Y_j (W^T with trans) + scale2 * sum_j (W2[i, j] + W2[j, i]) Y2_j.
+// forward:  S = scale X X^T + bias, C = softmax(S), out = C X.
+// backward: C again, dC = dOut X^T, dA = C (dC - rowsum(C dC)), dX = C^T dOut + scale (dA + dA^T) X,
+//           dbias = sum of dA over the clip-heads.
 #include <torch/library.h>
 
 #include "../common.h"
@@ -9,80 +16,86 @@
 namespace stafast {
 namespace {
 
-// Reduce sum_d a_i[d] b_j[d] for all (i, j) over the block into out (N x N, zeroed).
-template <typename scalar_t, typename acc_t>
-__device__ void pair_dots(const scalar_t* a, const scalar_t* b, acc_t* out, int N, int64_t stride, int64_t D) {
-  for (int p = 0; p < N * N; ++p) {
-    const int i = p / N, j = p % N;
-    acc_t acc = 0;
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
-      acc += static_cast<acc_t>(a[i * stride + d]) * static_cast<acc_t>(b[j * stride + d]);
-    acc = warp_sum(acc);
-    if ((threadIdx.x & 31) == 0) atomicAdd(out + p, acc);
-  }
-  __syncthreads();
+// Row i of clip-head p = b * K + k of a contiguous (B, N, K, D) tensor.
+__device__ __forceinline__ int64_t row_offset(int64_t p, int i, int N, int K, int64_t D) {
+  return ((p / K * N + i) * K + p % K) * D;
 }
 
 template <typename scalar_t, typename acc_t>
-__device__ void softmax_rows(acc_t* c, const scalar_t* bias, acc_t scale, int N) {
-  for (int i = threadIdx.x; i < N; i += blockDim.x) {
-    acc_t mx = -INFINITY;
-    for (int j = 0; j < N; ++j) mx = max(mx, c[i * N + j] = scale * c[i * N + j] + static_cast<acc_t>(bias[i * N + j]));
+__global__ void pairs_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+                             const scalar_t* __restrict__ bias, acc_t* __restrict__ out, acc_t scale, int N, int K,
+                             int64_t D) {
+  const int64_t p = blockIdx.x;
+  const int warps = blockDim.x / 32, lane = threadIdx.x & 31;
+  const int64_t pair = blockIdx.y * int64_t(warps) + threadIdx.x / 32;
+  if (pair >= int64_t(N) * N) return;  // whole warps leave together
+  const int i = pair / N, j = pair % N;
+  const scalar_t* ai = a + row_offset(p, i, N, K, D);
+  const scalar_t* bj = b + row_offset(p, j, N, K, D);
+  acc_t dot = 0;
+  for (int64_t d = lane; d < D; d += 32) dot += static_cast<acc_t>(ai[d]) * static_cast<acc_t>(bj[d]);
+  dot = warp_sum(dot);
+  if (lane == 0) out[p * N * N + pair] = scale * dot + (bias != nullptr ? static_cast<acc_t>(bias[pair]) : acc_t(0));
+}
+
+template <typename acc_t>
+__global__ void rows_kernel(acc_t* __restrict__ s, acc_t* __restrict__ ds, int64_t rows, int N) {
+  const int64_t row = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (row >= rows) return;
+  acc_t* c = s + row * N;
+  if (ds == nullptr) {  // softmax in place
+    acc_t mx = c[0];
+    for (int j = 1; j < N; ++j) mx = max(mx, c[j]);
     acc_t sum = 0;
-    for (int j = 0; j < N; ++j) sum += (c[i * N + j] = exp(c[i * N + j] - mx));
-    for (int j = 0; j < N; ++j) c[i * N + j] /= sum;
-  }
-  __syncthreads();
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ bias,
-                               scalar_t* __restrict__ out, acc_t scale, int N, int K, int64_t D) {
-  extern __shared__ unsigned char smem[];
-  acc_t* c = reinterpret_cast<acc_t*>(smem);
-  const int64_t b = blockIdx.x / K, k = blockIdx.x % K, stride = int64_t(K) * D;
-  const scalar_t* xb = x + (b * N * K + k) * D;
-  for (int p = threadIdx.x; p < N * N; p += blockDim.x) c[p] = 0;
-  __syncthreads();
-  pair_dots(xb, xb, c, N, stride, D);
-  softmax_rows(c, bias, scale, N);
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
-    for (int i = 0; i < N; ++i) {
-      acc_t acc = 0;
-      for (int j = 0; j < N; ++j) acc += c[i * N + j] * static_cast<acc_t>(xb[j * stride + d]);
-      out[(b * N * K + k) * D + i * stride + d] = static_cast<scalar_t>(acc);
-    }
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
-                                const scalar_t* __restrict__ bias, scalar_t* __restrict__ grad_x,
-                                acc_t* __restrict__ grad_scores, acc_t scale, int N, int K, int64_t D) {
-  extern __shared__ unsigned char smem[];
-  acc_t* c = reinterpret_cast<acc_t*>(smem);
-  acc_t* dc = c + N * N;
-  const int64_t b = blockIdx.x / K, k = blockIdx.x % K, stride = int64_t(K) * D;
-  const int64_t base = (b * N * K + k) * D;
-  for (int p = threadIdx.x; p < 2 * N * N; p += blockDim.x) c[p] = 0;
-  __syncthreads();
-  pair_dots(x + base, x + base, c, N, stride, D);
-  pair_dots(grad + base, x + base, dc, N, stride, D);  // dOut X^T
-  softmax_rows(c, bias, scale, N);
-  for (int i = threadIdx.x; i < N; i += blockDim.x) {  // dA = C (dC - rowsum(C dC)), kept in dc
+    for (int j = 0; j < N; ++j) sum += (c[j] = exp(c[j] - mx));
+    for (int j = 0; j < N; ++j) c[j] /= sum;
+  } else {  // softmax backward into ds
+    acc_t* dc = ds + row * N;
     acc_t inner = 0;
-    for (int j = 0; j < N; ++j) inner += c[i * N + j] * dc[i * N + j];
-    for (int j = 0; j < N; ++j) dc[i * N + j] = c[i * N + j] * (dc[i * N + j] - inner);
+    for (int j = 0; j < N; ++j) inner += c[j] * dc[j];
+    for (int j = 0; j < N; ++j) dc[j] = c[j] * (dc[j] - inner);
   }
-  __syncthreads();
-  for (int p = threadIdx.x; p < N * N; p += blockDim.x) grad_scores[blockIdx.x * N * N + p] = dc[p];
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void mix_kernel(const acc_t* __restrict__ w, const scalar_t* __restrict__ y, const acc_t* __restrict__ w2,
+                           const scalar_t* __restrict__ y2, scalar_t* __restrict__ out, acc_t scale2, bool trans, int N,
+                           int K, int64_t D) {
+  const int64_t p = blockIdx.x;
+  const int64_t d = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
+  if (d >= D) return;
+  const acc_t* wp = w + p * N * N;
+  const acc_t* w2p = w2 != nullptr ? w2 + p * N * N : nullptr;
+  for (int i = 0; i < N; ++i) {
+    acc_t acc = 0;
     for (int j = 0; j < N; ++j) {
-      acc_t acc = 0;
-      for (int i = 0; i < N; ++i)
-        acc += c[i * N + j] * static_cast<acc_t>(grad[base + i * stride + d]) +
-               scale * (dc[i * N + j] + dc[j * N + i]) * static_cast<acc_t>(x[base + i * stride + d]);
-      grad_x[base + j * stride + d] = static_cast<scalar_t>(acc);
+      const int64_t rj = row_offset(p, j, N, K, D) + d;
+      acc += (trans ? wp[j * N + i] : wp[i * N + j]) * static_cast<acc_t>(y[rj]);
+      if (w2p != nullptr) acc += scale2 * (w2p[i * N + j] + w2p[j * N + i]) * static_cast<acc_t>(y2[rj]);
     }
+    out[row_offset(p, i, N, K, D) + d] = static_cast<scalar_t>(acc);
+  }
+}
+
+constexpr int kPairsPerBlock = kThreads / 32;
+
+template <typename scalar_t, typename acc_t>
+void pairs(const at::Tensor& a, const at::Tensor& b, const at::Tensor* bias, at::Tensor& out, double scale,
+           cudaStream_t stream) {
+  const int64_t B = a.size(0), D = a.size(3);
+  const int N = a.size(1), K = a.size(2);
+  pairs_kernel<scalar_t, acc_t><<<dim3(B * K, cdiv(int64_t(N) * N, kPairsPerBlock)), kThreads, 0, stream>>>(
+      a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), bias != nullptr ? bias->data_ptr<scalar_t>() : nullptr,
+      out.data_ptr<acc_t>(), static_cast<acc_t>(scale), N, K, D);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename acc_t>
+void rows(at::Tensor& s, at::Tensor* ds, cudaStream_t stream) {
+  const int64_t n_rows = s.size(0) * s.size(1);
+  rows_kernel<acc_t><<<cdiv(n_rows, kThreads), kThreads, 0, stream>>>(
+      s.data_ptr<acc_t>(), ds != nullptr ? ds->data_ptr<acc_t>() : nullptr, n_rows, s.size(1));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 at::Tensor forward(const at::Tensor& x_in, const at::Tensor& bias_in, double scale) {
@@ -94,10 +107,15 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& bias_in, double sca
   const int64_t B = x.size(0), D = x.size(3);
   const int N = x.size(1), K = x.size(2);
   auto out = at::empty_like(x);
+  auto c = at::empty({B * K, N, N}, x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   STAFAST_DISPATCH(x.scalar_type(), "frame_attention", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    forward_kernel<scalar_t, acc_t><<<B * K, kThreads, N * N * sizeof(acc_t), c10::cuda::getCurrentCUDAStream()>>>(
-        x.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), static_cast<acc_t>(scale), N, K, D);
+    pairs<scalar_t, acc_t>(x, x, &bias, c, scale, stream);
+    rows<acc_t>(c, nullptr, stream);
+    mix_kernel<scalar_t, acc_t><<<dim3(B * K, cdiv(D, kThreads)), kThreads, 0, stream>>>(
+        c.data_ptr<acc_t>(), x.data_ptr<scalar_t>(), nullptr, nullptr, out.data_ptr<scalar_t>(), acc_t(0), false, N, K,
+        D);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -115,12 +133,19 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_in, const at:
   const int64_t B = x.size(0), D = x.size(3);
   const int N = x.size(1), K = x.size(2);
   auto grad_x = at::empty_like(x);
-  auto grad_scores = at::empty({B * K, N, N}, x.options().dtype(dtype == at::kDouble ? at::kDouble : at::kFloat));
+  const auto acc_options = x.options().dtype(dtype == at::kDouble ? at::kDouble : at::kFloat);
+  auto c = at::empty({B * K, N, N}, acc_options);
+  auto grad_scores = at::empty({B * K, N, N}, acc_options);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   STAFAST_DISPATCH(dtype, "frame_attention_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    backward_kernel<scalar_t, acc_t><<<B * K, kThreads, 2 * N * N * sizeof(acc_t), c10::cuda::getCurrentCUDAStream()>>>(
-        grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(),
-        grad_scores.data_ptr<acc_t>(), static_cast<acc_t>(scale), N, K, D);
+    pairs<scalar_t, acc_t>(x, x, &bias, c, scale, stream);
+    rows<acc_t>(c, nullptr, stream);                           // C
+    pairs<scalar_t, acc_t>(grad, x, nullptr, grad_scores, 1.0, stream);  // dC = dOut X^T
+    rows<acc_t>(c, &grad_scores, stream);                      // dA
+    mix_kernel<scalar_t, acc_t><<<dim3(B * K, cdiv(D, kThreads)), kThreads, 0, stream>>>(
+        c.data_ptr<acc_t>(), grad.data_ptr<scalar_t>(), grad_scores.data_ptr<acc_t>(), x.data_ptr<scalar_t>(),
+        grad_x.data_ptr<scalar_t>(), static_cast<acc_t>(scale), true, N, K, D);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {grad_x, grad_scores.sum(0).to(bias_in.scalar_type())};
