@@ -56,14 +56,14 @@ def evaluate_dataset(model, dataset, num_frames: int, height: int, width: int, p
 
 def load_model(checkpoint: str, device: str = "cpu"):
     """The model of a stafast.train checkpoint, with its training arguments."""
-    from .models import build_model
+    from .models import build_model, upgrade_state_dict
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (expected a stafast.train checkpoint.pt)")
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
         raise ValueError(f"{checkpoint} is not a stafast.train checkpoint (keys 'model' and 'model_config' expected)")
     cfg = state["model_config"]
-    heads = state["model"].get("att_out_weight")
+    heads = upgrade_state_dict(state["model"]).get("spatial.out_weight")
     if heads is not None and heads.shape[0] != cfg.get("num_heads", heads.shape[0]):
         raise ValueError(f"{checkpoint}: its weights have K={heads.shape[0]} spatial heads but its model_config says "
                          f"num_heads={cfg['num_heads']}")
