@@ -18,12 +18,13 @@ fast-reid carry).  With the three blocks put together into one (Q+G) x (Q+G) mat
 7. final = (1 - lambda) J + lambda d, the query x gallery block.
 
 Memory: the (Q+G)^2 matrices d and V are never formed (at MARS scale, 14,160 items, each would
-take 800 MB in float32).  d is recomputed from the input blocks in chunks of rows (`chunk_elems`
-values at a time) to find the nearest neighbours (one top-k pass) and again for the weights of V.
-V has at most (k1 + 1)(round(k1/2) + 2) non-zeros per row and is kept sparse (COO, sorted by
-row); the Jaccard sums run over the pairs of non-zeros that share a column, in chunks of queries
-holding at most `max_pairs` pairs.  Beyond its inputs and the (Q, G) output, working memory is
-O(chunk_elems + nnz(V) * k2 + max_pairs).
+take 800 MB in float32).  d is built from the input blocks in chunks of rows, `chunk_elems`
+values at a time, for one top-k pass (the nearest neighbours); the few entries of d that V's
+weights need are then read from the blocks directly.  V has at most (k1 + 1)(round(k1/2) + 2)
+non-zeros per row and is kept sparse (COO, sorted by row); the Jaccard sums run over the pairs of
+non-zeros that share a column, in chunks of queries holding at most `max_pairs` pairs.  Every
+other temporary holds at most about `chunk_elems` values.  Beyond its inputs and the (Q, G)
+output, working memory is O(chunk_elems + nnz(V) k2 + max_pairs).
 
 Everything runs in torch on the device of the inputs (GPU included); numpy inputs give a numpy
 result.  No Python loop runs over queries or gallery items, only over chunks.
@@ -54,20 +55,19 @@ def rerank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_value
     if chunk_elems < n or max_pairs < 1:
         raise ValueError(f"rerank: chunk_elems must be >= Q + G = {n} and max_pairs >= 1, got {chunk_elems}, "
                          f"{max_pairs}")
-    rows_per_chunk = chunk_elems // n
     blocks = _Blocks(qg, qq, gg)
 
     k = min(k1 + 1, n)                      # |N(i, k1)|
     k_half = min(int(round(k1 / 2)) + 1, n)  # |N(i, round(k1 / 2))|; round() halves to even, as np.around
     k_qe = min(k2, n)
-    rank = blocks.nearest(max(k, k_qe), rows_per_chunk)                      # (n, max(k, k_qe))
-    recip = _reciprocal(rank[:, :k], rows_per_chunk)                         # (n, k) bool: in R(i)
+    rank = blocks.nearest(max(k, k_qe), chunk_elems)                         # (n, max(k, k_qe))
+    recip = _reciprocal(rank[:, :k], chunk_elems)                            # (n, k) bool: in R(i)
     half = rank[:, :k_half]
-    half_recip = _reciprocal(half, rows_per_chunk)                           # (n, k_half): in R_half(i)
-    v = _weights(blocks, rank[:, :k], recip, half, half_recip, rows_per_chunk)   # COO of V, by row
+    half_recip = _reciprocal(half, chunk_elems)                              # (n, k_half): in R_half(i)
+    v = _weights(blocks, rank[:, :k], recip, half, half_recip, chunk_elems)  # COO of V, by row
     if k2 != 1:
-        v = _query_expansion(v, rank[:, :k_qe], n, rows_per_chunk)
-    final = _jaccard(v, q, n, max_pairs, rows_per_chunk).mul_(1 - lambda_value)
+        v = _query_expansion(v, rank[:, :k_qe], n, chunk_elems // (k * (k_half + 1)))
+    final = _jaccard(v, q, n, max_pairs, chunk_elems).mul_(1 - lambda_value)
     final.add_(blocks.query_gallery(), alpha=lambda_value)
     return final.cpu().numpy() if as_numpy else final
 
@@ -92,9 +92,6 @@ def _check(q_g_dist, q_q_dist, g_g_dist, k1, k2, lambda_value):
         raise ValueError(f"rerank: no queries or no gallery items (q_g_dist {(q, g)})")
     if qq.device != qg.device or gg.device != qg.device:
         raise ValueError(f"rerank: the three matrices must be on one device, got {qg.device}, {qq.device}, {gg.device}")
-    for name, t in (("q_g_dist", qg), ("q_q_dist", qq), ("g_g_dist", gg)):
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"rerank: {name} has NaN or infinite values")
     if isinstance(k1, bool) or not isinstance(k1, (int, np.integer)) or k1 < 0:
         raise ValueError(f"rerank: k1 must be an int >= 0, got {k1!r}")
     if isinstance(k2, bool) or not isinstance(k2, (int, np.integer)) or k2 < 1:
@@ -119,23 +116,29 @@ class _Blocks:
         out = torch.empty(stop - start, self.n, dtype=self.qg.dtype, device=self.qg.device)
         if start < q:    # a query's column: its q_q column, then its q_g row (the q_g^T block)
             s, e = start, min(stop, q)
-            _transpose_into(out[:e - s, :q], self.qq[:, s:e])
+            out[:e - s, :q] = self.qq[:, s:e].T
             out[:e - s, q:] = self.qg[s:e]
         if stop > q:     # a gallery item's column: its q_g column, then its g_g column
             s, e, o = max(start, q) - q, stop - q, max(start, q) - start
-            _transpose_into(out[o:, :q], self.qg[:, s:e])
-            _transpose_into(out[o:, q:], self.gg[:, s:e])
+            out[o:, :q] = self.qg[:, s:e].T
+            out[o:, q:] = self.gg[:, s:e].T
         return out
+
+    def _name(self, item: int) -> str:
+        return f"query {item}" if item < self.q else f"gallery {item - self.q}"
 
     def rows(self, start: int, stop: int) -> Tensor:
         """Rows start..stop-1 of d: each column of A squared (in the inputs' precision, then float32,
         as the reference) over its maximum.  Records the maxima."""
         sq = self._columns(start, stop).square_().to(torch.float32)
-        top = sq.amax(dim=1)
+        top = sq.amax(dim=1)  # NaN if the column has one, inf if it has one (or one overflows when squared)
+        if not bool(torch.isfinite(top).all()):
+            bad = start + int(torch.nonzero(~torch.isfinite(top))[0])
+            raise ValueError(f"rerank: the distances of item {bad} ({self._name(bad)}) include NaN or infinite "
+                             "values (or values whose square overflows float32)")
         if not bool((top > 0).all()):
             bad = start + int(torch.nonzero(top <= 0)[0])
-            raise ValueError(f"rerank: item {bad} ({'query' if bad < self.q else 'gallery'} "
-                             f"{bad if bad < self.q else bad - self.q}) is at distance 0 from every item: "
+            raise ValueError(f"rerank: item {bad} ({self._name(bad)}) is at distance 0 from every item: "
                              "its column cannot be normalised by its maximum")
         self.col_max[start:stop] = top
         return sq.div_(top[:, None])
@@ -150,8 +153,9 @@ class _Blocks:
                         torch.where(iq, qg[i0, jg], self.gg[jg, ig]))
         return a.square().to(torch.float32) / self.col_max[i]
 
-    def nearest(self, k: int, rows_per_chunk: int) -> Tensor:
+    def nearest(self, k: int, chunk_elems: int) -> Tensor:
         """(n, k) indices of the k nearest items of every row of d, ties by index (step 2)."""
+        rows_per_chunk = max(1, chunk_elems // self.n)
         out = torch.empty(self.n, k, dtype=torch.int64, device=self.qg.device)
         for s in range(0, self.n, rows_per_chunk):
             e = min(s + rows_per_chunk, self.n)
@@ -161,15 +165,6 @@ class _Blocks:
     def query_gallery(self) -> Tensor:
         """The (Q, G) block of d: q_g**2 over the maxima of the query columns."""
         return self.qg.square().to(torch.float32).div_(self.col_max[:self.q, None])
-
-
-def _transpose_into(out: Tensor, src: Tensor) -> None:
-    """out (c, m) <- src (m, c).T.  On the CPU a few columns at a time: a narrow column slice of a
-    large row-major matrix is copied compact first, then transposed in cache (about 2x faster than
-    one strided copy on 2 cores)."""
-    width = 16 if src.device.type == "cpu" else src.shape[1]
-    for j in range(0, src.shape[1], width):
-        out[j:j + width] = src[:, j:j + width].contiguous().T
 
 
 def _stable_smallest(d: Tensor, k: int) -> Tensor:
@@ -193,11 +188,11 @@ def _stable_smallest(d: Tensor, k: int) -> Tensor:
     return out
 
 
-def _reciprocal(neighbours: Tensor, rows_per_chunk: int) -> Tensor:
+def _reciprocal(neighbours: Tensor, chunk_elems: int) -> Tensor:
     """(n, k) bool: neighbours[i, a] has i among its own k neighbours."""
     n, k = neighbours.shape
     out = torch.empty(n, k, dtype=torch.bool, device=neighbours.device)
-    step = max(1, rows_per_chunk * n // (k * k))  # (step, k, k) indices at a time, as many as a chunk of d
+    step = max(1, chunk_elems // (k * k))  # (step, k, k) indices at a time
     for s in range(0, n, step):
         e = min(s + step, n)
         own = torch.arange(s, e, device=neighbours.device)[:, None, None]
@@ -206,13 +201,13 @@ def _reciprocal(neighbours: Tensor, rows_per_chunk: int) -> Tensor:
 
 
 def _weights(blocks: _Blocks, near: Tensor, recip: Tensor, half: Tensor, half_recip: Tensor,
-             rows_per_chunk: int) -> tuple[Tensor, Tensor, Tensor]:
+             chunk_elems: int) -> tuple[Tensor, Tensor, Tensor]:
     """Steps 3-4: V as (row, col, value), sorted by row then column."""
     n, k = near.shape
     half_size = half_recip.sum(dim=1)
     sentinel = n  # sorts after every real index
     rows, cols, vals = [], [], []
-    step = max(1, rows_per_chunk)
+    step = max(1, chunk_elems // (k * half.shape[1] * k))  # the (step, k, k_half, k) membership test
     for s in range(0, n, step):
         e = min(s + step, n)
         r_near, r_recip = near[s:e], recip[s:e]                       # (r, k)
@@ -259,7 +254,7 @@ def _query_expansion(v, neighbours: Tensor, n: int, rows_per_chunk: int):
     ptr = _row_pointers(rows, n)
     k2 = neighbours.shape[1]
     out_r, out_c, out_v = [], [], []
-    step = max(1, rows_per_chunk // k2)
+    step = max(1, rows_per_chunk // k2)  # rows_per_chunk * (at most k (k_half + 1) non-zeros per row of V)
     for s in range(0, n, step):
         e = min(s + step, n)
         nb = neighbours[s:e].reshape(-1)                              # the rows to average, k2 per item
@@ -273,7 +268,7 @@ def _query_expansion(v, neighbours: Tensor, n: int, rows_per_chunk: int):
     return torch.cat(out_r), torch.cat(out_c), torch.cat(out_v)
 
 
-def _jaccard(v, q: int, n: int, max_pairs: int, rows_per_chunk: int) -> Tensor:
+def _jaccard(v, q: int, n: int, max_pairs: int, chunk_elems: int) -> Tensor:
     """Step 6 for the query rows against the gallery rows: (Q, G) Jaccard distances.
 
     m[i, j] = sum_l min(V[i, l], V[j, l]) only has terms where both are non-zero: for each
@@ -295,6 +290,7 @@ def _jaccard(v, q: int, n: int, max_pairs: int, rows_per_chunk: int) -> Tensor:
     pairs_before[1:] = torch.cumsum(pairs, 0)
     per_query = pairs_before[q_ptr]                                                # pairs before query i
     out = torch.empty(q, g, dtype=torch.float32, device=device)
+    rows_per_chunk = max(1, chunk_elems // g)  # the (rows, G) sums
     s = 0
     while s < q:  # chunks of at most rows_per_chunk queries with at most max_pairs pairs (at least one query)
         e = int(torch.searchsorted(per_query, per_query[s] + max_pairs, right=True)) - 1

@@ -97,8 +97,10 @@ def test_bad_inputs():
         rerank(qg, qq, qq)
     with pytest.raises(ValueError, match=r"q_g_dist must be a 2-D real matrix, got shape \(6,\)"):
         rerank(qg.ravel(), qq, gg)
-    with pytest.raises(ValueError, match="q_q_dist has NaN or infinite values"):
+    with pytest.raises(ValueError, match=r"distances of item 0 \(query 0\) include NaN or infinite values"):
         rerank(qg, np.full((2, 2), np.nan), gg)
+    with pytest.raises(ValueError, match=r"distances of item 4 \(gallery 2\) include NaN or infinite values"):
+        rerank(qg, qq, np.array([[0, 1, 2], [1, 0, 3], [2, 3, np.inf]]))
     with pytest.raises(ValueError, match="k2 must be an int >= 1, got 0"):
         rerank(qg, qq, gg, k2=0)
     with pytest.raises(ValueError, match=r"lambda_value must be in \[0, 1\], got 1.5"):
