@@ -67,8 +67,9 @@ def rerank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_value
     v = _weights(blocks, rank[:, :k], recip, half, half_recip, chunk_elems)  # COO of V, by row
     if k2 != 1:
         v = _query_expansion(v, rank[:, :k_qe], n, chunk_elems // (k * (k_half + 1)))
-    final = _jaccard(v, q, n, max_pairs, chunk_elems).mul_(1 - lambda_value)
-    final.add_(blocks.query_gallery(), alpha=lambda_value)
+    final = torch.empty(q, g, dtype=torch.float32, device=qg.device)
+    for s, e, jaccard in _jaccard(v, q, n, max_pairs, chunk_elems):     # step 7, by chunks of queries
+        final[s:e] = jaccard.mul_(1 - lambda_value).add_(blocks.query_gallery(s, e), alpha=lambda_value)
     return final.cpu().numpy() if as_numpy else final
 
 
@@ -162,9 +163,9 @@ class _Blocks:
             out[s:e] = _stable_smallest(self.rows(s, e), k)
         return out
 
-    def query_gallery(self) -> Tensor:
-        """The (Q, G) block of d: q_g**2 over the maxima of the query columns."""
-        return self.qg.square().to(torch.float32).div_(self.col_max[:self.q, None])
+    def query_gallery(self, start: int, stop: int) -> Tensor:
+        """Rows start..stop-1 of the (Q, G) block of d: q_g**2 over the maxima of the query columns."""
+        return self.qg[start:stop].square().to(torch.float32).div_(self.col_max[start:stop, None])
 
 
 def _stable_smallest(d: Tensor, k: int) -> Tensor:
@@ -268,8 +269,9 @@ def _query_expansion(v, neighbours: Tensor, n: int, rows_per_chunk: int):
     return torch.cat(out_r), torch.cat(out_c), torch.cat(out_v)
 
 
-def _jaccard(v, q: int, n: int, max_pairs: int, chunk_elems: int) -> Tensor:
-    """Step 6 for the query rows against the gallery rows: (Q, G) Jaccard distances.
+def _jaccard(v, q: int, n: int, max_pairs: int, chunk_elems: int):
+    """Step 6 for the query rows against the gallery rows: yields (s, e, J) with J the (e - s, G)
+    Jaccard distances of queries s..e-1.
 
     m[i, j] = sum_l min(V[i, l], V[j, l]) only has terms where both are non-zero: for each
     non-zero (i, l) of a query, the gallery rows j with a non-zero in column l (a column index of
@@ -289,10 +291,9 @@ def _jaccard(v, q: int, n: int, max_pairs: int, chunk_elems: int) -> Tensor:
     pairs_before = torch.zeros(len(pairs) + 1, dtype=torch.int64, device=device)
     pairs_before[1:] = torch.cumsum(pairs, 0)
     per_query = pairs_before[q_ptr]                                                # pairs before query i
-    out = torch.empty(q, g, dtype=torch.float32, device=device)
     rows_per_chunk = max(1, chunk_elems // g)  # the (rows, G) sums
     s = 0
-    while s < q:  # chunks of at most rows_per_chunk queries with at most max_pairs pairs (at least one query)
+    while s < q:  # chunks of at most rows_per_chunk queries with at most max_pairs pairs (but at least one query)
         e = int(torch.searchsorted(per_query, per_query[s] + max_pairs, right=True)) - 1
         e = min(max(e, s + 1), q, s + rows_per_chunk)
         lo, hi = int(q_ptr[s]), int(q_ptr[e])
@@ -301,6 +302,5 @@ def _jaccard(v, q: int, n: int, max_pairs: int, chunk_elems: int) -> Tensor:
         m = torch.zeros((e - s) * g, dtype=torch.float32, device=device)
         m.index_add_(0, (q_rows[lo:hi][seg] - s) * g + g_rows[pos], overlap)
         m = m.view(e - s, g)
-        out[s:e] = 1 - m / (2 - m)
+        yield s, e, 1 - m / (2 - m)
         s = e
-    return out
