@@ -27,6 +27,7 @@ def pytorch_embeddings(checkpoint, clips):
         return model(clips).embedding
 
 
+@pytest.mark.slow
 def test_onnx_runs_in_onnxruntime_for_batches_of_1_and_3(checkpoint, tmp_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
@@ -47,6 +48,7 @@ def test_onnx_runs_in_onnxruntime_for_batches_of_1_and_3(checkpoint, tmp_path):
         torch.testing.assert_close(torch.from_numpy(got), pytorch_embeddings(checkpoint, clips), rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_pt2_keeps_the_stafast_ops_and_a_dynamic_batch(checkpoint, tmp_path):
     path = str(tmp_path / "sta.pt2")
     result = X.main(["--checkpoint", checkpoint, "--format", "pt2", "--output", path])

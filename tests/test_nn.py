@@ -228,6 +228,7 @@ def tiny_cnn(dim=16):
                                torch.nn.Conv2d(8, dim, 3, stride=2, padding=1), torch.nn.ReLU())
 
 
+@pytest.mark.slow
 def test_compile_fullgraph_of_a_model_built_from_the_blocks():
     """The README's VideoReID on a tiny CNN: one graph (fullgraph=True), same outputs and gradients."""
     source = readme_example().split("\nmodel = ")[0]  # the class, without the MobileNet instance

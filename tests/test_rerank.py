@@ -112,6 +112,7 @@ def test_bad_inputs():
 
 
 # ------------------------------------------------------------------------------- the CLI flags
+@pytest.mark.slow
 def test_train_and_evaluate_report_reranked_figures(tiny_root, tmp_path):  # noqa: F811
     T.main(["--dataset", "synthetic", "--root", tiny_root, "--output", str(tmp_path), *TINY, "--epochs", "1",
             "--rerank"])
