@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .rerank import rerank  # noqa: F401  k-reciprocal re-ranking of a distance matrix, before evaluate()
+
 PROTOCOLS = ("official", "toolbox")
 
 

@@ -214,6 +214,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--max-steps", type=int, default=0, help="stop (with a checkpoint) after this many steps")
     r.add_argument("--resume", nargs="?", const="auto", help="checkpoint to resume (default OUTPUT/checkpoint.pt)")
     r.add_argument("--no-eval", action="store_true")
+    r.add_argument("--rerank", action="store_true", help="evaluations also report re-ranked CMC/mAP (rerank_*)")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
     a = p.parse_args(argv)
     defaults = SYNTHETIC_DEFAULTS if a.dataset == "synthetic" else PAPER_DEFAULTS
@@ -388,7 +389,7 @@ def train(a: argparse.Namespace) -> dict:
                 if main_proc and not a.no_eval and ((a.eval_every and (epoch + 1) % a.eval_every == 0) or last):
                     result = evaluate_dataset(model, dataset, a.frames, a.height, a.width, a.protocol,
                                               pipeline=a.pipeline, workers=a.workers, device=str(device),
-                                              amp_dtype=amp_dtype, progress=a.progress)
+                                              amp_dtype=amp_dtype, progress=a.progress, rerank=a.rerank)
                     model.train()
                     record = {**result, "dataset": a.dataset, "split": a.split, "stage": stage, "epoch": epoch + 1}
                     history.append(record)
@@ -398,6 +399,9 @@ def train(a: argparse.Namespace) -> dict:
                             writer.add_scalar(f"eval/{k}", record[k], global_step)
                     print(f"  eval ({a.protocol}): rank-1 {record['rank1']:.3f} mAP {record['mAP']:.3f} "
                           f"(chance rank-1 {record['chance_rank1']:.3f})", file=sys.stderr)
+                    if a.rerank:
+                        print(f"  re-ranked: rank-1 {record['rerank_rank1']:.3f} mAP {record['rerank_mAP']:.3f}",
+                              file=sys.stderr)
                 checkpoint(epoch + 1, 0)
             previous_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             resume = None

@@ -19,8 +19,8 @@ def test_forward_backward_toy():
     torch.testing.assert_close(out.spatial.sum(-1), torch.ones(2, 3, 2))
     assert out.temporal.shape == (2, 3, 2)
     (out.embedding[:, 0].sum() + out.diversity).backward()
-    for name in ("att_hidden.weight", "att_out_weight", "enhance_fc.weight", "enhance_weight", "temporal_weight",
-                 "embed.weight", "backbone.body.0.weight"):
+    for name in ("spatial.hidden.weight", "spatial.out_weight", "enhance.fc.weight", "enhance.weight",
+                 "temporal.weight", "embed.weight", "backbone.body.0.weight"):
         p = dict(model.named_parameters())[name]
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert model.backbone.body[0].weight.grad.abs().sum() > 0

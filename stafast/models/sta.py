@@ -1,4 +1,4 @@
-"""The spatiotemporal attention network (Sec. 3, Fig. 2), built from the stafast ops.
+"""The spatiotemporal attention network (Sec. 3, Fig. 2), built from the blocks of stafast.nn.
 
 clips (B, N, 3, H, W) -> backbone f (B*N, L, D) -> K spatial heads (Eq. 1) -> softmax + pooling
 (Eqs. 2-3) -> frame enhancement (Eq. 4, supplementary Eqs. 1-4) -> temporal attention
@@ -8,14 +8,13 @@ for the loss; its weight belongs to the training loop.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stafast import ops
+from ..nn import DiversityPenalty, FrameEnhancement, SpatialAttention, TemporalAttention
 from .backbone import Backbone
 
 SPATIAL = ("attention", "none")
@@ -78,41 +77,19 @@ class STA(nn.Module):
         self.num_frames = num_frames
         self.num_heads = k = num_heads if spatial == "attention" else 1
         self.feat_dim = d_feat
-        if spatial == "attention":
-            # Eq. 1: W_{s,k} f + b_{s,k} for all K heads as one GEMM, then per-head w'_{s,k} and b'_{s,k}.
-            self.att_hidden = nn.Linear(d_feat, k * hidden)
-            self.att_out_weight = nn.Parameter(torch.randn(k, hidden) / math.sqrt(hidden))
-            self.att_out_bias = nn.Parameter(torch.zeros(k))
-            self.hidden = hidden
-        self.enhance = enhance
-        if enhance:
-            # Supplementary Eq. 2: Psi = W (.) exp(-|i - j| / sigma) + b, b added per column j (a
-            # per-row constant would vanish in the row softmax).
-            idx = torch.arange(num_frames, dtype=torch.float32)
-            self.register_buffer("enhance_decay", torch.exp(-(idx[:, None] - idx[None, :]).abs() / enhance_sigma))
-            self.enhance_weight = nn.Parameter(torch.ones(num_frames, num_frames))
-            self.enhance_bias = nn.Parameter(torch.zeros(num_frames))
-            self.enhance_scale = 1.0 / math.sqrt(d_feat) if enhance_scale == "sqrt" else 1.0
-            # Eq. 4's FC, shared by the K heads; zero-initialised so that E starts as the identity.
-            self.enhance_fc = nn.Linear(d_feat, d_feat)
-            nn.init.zeros_(self.enhance_fc.weight)
-            nn.init.zeros_(self.enhance_fc.bias)
-        if temporal == "attention":  # Eq. 11: w_{t,k}, b_{t,k}
-            self.temporal_weight = nn.Parameter(torch.zeros(k, d_feat))
-            self.temporal_bias = nn.Parameter(torch.zeros(k))
+        # The blocks of stafast.nn, None where the configuration leaves one out.
+        self.spatial = SpatialAttention(d_feat, k, hidden) if spatial == "attention" else None        # Eqs. 1-3
+        self.diversity = DiversityPenalty(diversity) if self.spatial is not None and diversity != "none" else None
+        self.enhance = FrameEnhancement(num_frames, d_feat, enhance_sigma, enhance_scale) if enhance else None  # Eq. 4
+        self.temporal = TemporalAttention(k, d_feat) if temporal == "attention" else None             # Eqs. 11-13
         self.embed = nn.Linear(k * d_feat, embed_dim)  # Eq. 15 -> FC(128)
-
-    def spatial_logits(self, f: Tensor) -> Tensor:
-        """Eq. 1: f (M, L, D) -> e (M, K, L)."""
-        m, l, _ = f.shape
-        h = F.relu(self.att_hidden(f)).view(m, l, self.num_heads, self.hidden)
-        return torch.einsum("mlkd,kd->mkl", h, self.att_out_weight.to(h.dtype)) + self.att_out_bias.to(h.dtype)[:, None]
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     def forward(self, clips: Tensor) -> STAOutput:
         if clips.dim() != 5 or clips.shape[2] != 3:
             raise ValueError(f"STA expects clips of shape (B, N, 3, H, W), got {tuple(clips.shape)}")
         b, n = clips.shape[:2]
-        if self.enhance and n != self.num_frames:
+        if self.enhance is not None and n != self.num_frames:
             raise ValueError(f"STA was built for num_frames={self.num_frames} (the N x N enhancement prior) "
                              f"but got clips with N={n}; shape {tuple(clips.shape)}")
         return self.head(self.backbone(clips.flatten(0, 1)), b, n)
@@ -121,31 +98,62 @@ class STA(nn.Module):
         """Everything after the backbone: feature maps (B*N, D, h, w) of B clips x N frames -> output."""
         grid = tuple(fmap.shape[-2:])
         f = fmap.flatten(2).transpose(1, 2)                            # (B*N, L, D)
-        if self.spatial_mode == "attention":
-            pooled, attn = ops.spatial_softmax_pool(self.spatial_logits(f).to(f.dtype), f)  # Eqs. 2-3
-            if self.diversity_kind != "none":
-                diversity = ops.diversity_penalty(attn, self.diversity_kind)        # Eqs. 9-10
-            else:
-                diversity = f.new_zeros((), dtype=torch.float32)
+        diversity = f.new_zeros((), dtype=torch.float32)
+        if self.spatial is not None:
+            pooled, attn = self.spatial(f)                              # Eqs. 1-3
+            if self.diversity is not None:
+                diversity = self.diversity(attn)                        # Eqs. 9-10
             spatial = attn.view(b, n, self.num_heads, -1)
         else:
             pooled, spatial = f.mean(dim=1, keepdim=True), None
-            diversity = f.new_zeros((), dtype=torch.float32)
         x = pooled.view(b, n, self.num_heads, self.feat_dim)            # (B, N, K, D)
-        if self.enhance:                                                 # Eq. 4
-            psi = self.enhance_weight * self.enhance_decay + self.enhance_bias[None, :]
-            x = self.enhance_fc(ops.frame_attention(x, psi.to(x.dtype), self.enhance_scale)) + x
+        if self.enhance is not None:
+            x = self.enhance(x)                                         # Eq. 4
         temporal = None
-        if self.temporal_mode == "attention":                            # Eqs. 11-13
-            e = torch.einsum("bnkd,kd->bnk", x, self.temporal_weight.to(x.dtype)) + self.temporal_bias.to(x.dtype)
-            temporal = torch.softmax(e.float(), dim=1)
-            clip = torch.einsum("bnk,bnkd->bkd", temporal.to(x.dtype), x)
+        if self.temporal is not None:
+            clip, temporal = self.temporal(x)                           # Eqs. 11-13
         elif self.temporal_mode == "avg":
             clip = x.mean(dim=1)
         else:
             clip = x.amax(dim=1)
         embedding = F.normalize(self.embed(clip.flatten(1)).float(), dim=1)  # Eq. 15, FC, L2 norm
         return STAOutput(embedding, diversity, spatial, temporal, grid)
+
+
+# The parameter names of checkpoints written before STA was built from stafast.nn -> the current ones.
+LEGACY_NAMES = {"att_hidden": "spatial.hidden", "att_out_weight": "spatial.out_weight",
+                "att_out_bias": "spatial.out_bias", "enhance_decay": "enhance.decay",
+                "enhance_weight": "enhance.weight", "enhance_bias": "enhance.bias", "enhance_fc": "enhance.fc",
+                "temporal_weight": "temporal.weight", "temporal_bias": "temporal.bias"}
+
+
+def _current_name(key: str, prefix: str = "") -> str:
+    if not key.startswith(prefix):
+        return key
+    head, dot, rest = key[len(prefix):].partition(".")
+    return prefix + LEGACY_NAMES[head] + dot + rest if head in LEGACY_NAMES else key
+
+
+def upgrade_state_dict(state_dict: dict, prefix: str = "") -> dict:
+    """A copy of an STA state dict with the names of older checkpoints (att_hidden.*,
+    att_out_weight, att_out_bias, enhance_decay, enhance_weight, enhance_bias, enhance_fc.*,
+    temporal_weight, temporal_bias) renamed as in `LEGACY_NAMES` (spatial.hidden.*,
+    spatial.out_weight, ..., enhance.fc.*, temporal.weight, ...); current names pass unchanged.
+    `prefix`: where the STA sits in the state dict (e.g. "module." under DistributedDataParallel).
+    STA.load_state_dict does this by itself; the function is for reading or converting a
+    checkpoint file without building the model."""
+    out = type(state_dict)((_current_name(k, prefix), v) for k, v in state_dict.items())
+    if hasattr(state_dict, "_metadata"):
+        out._metadata = state_dict._metadata
+    return out
+
+
+def _rename_legacy_keys(module, state_dict, prefix, *args):
+    """load_state_dict pre-hook: renames the legacy keys in place (load_state_dict works on its own copy)."""
+    for key in list(state_dict):
+        new = _current_name(key, prefix)
+        if new != key:
+            state_dict[new] = state_dict.pop(key)
 
 
 def build_model(ablation: str | None = None, **kwargs) -> STA:
