@@ -35,7 +35,8 @@ def _backward_op(grad_pooled: Tensor, grad_attn: Tensor, logits: Tensor, feats: 
 
 @_backward_op.register_fake
 def _(grad_pooled, grad_attn, logits, feats):
-    return torch.empty_like(logits), torch.empty_like(feats)
+    # grad_feats is contiguous whatever the strides of feats (every backend writes a new tensor)
+    return torch.empty_like(logits), feats.new_empty(feats.shape)
 
 
 def _setup_context(ctx, inputs, output):
