@@ -124,22 +124,12 @@ def keep_configs(configs: list, d: int, demand: Callable) -> list:
     return keep or [min(candidates, key=lambda c: demands[c])]
 
 
-def _describe(value) -> str:
-    return f"tensor{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else repr(value)
-
-
 def surviving_configs(kernel, args: tuple, meta: dict) -> list:
     """The autotune configs of `kernel` that its early pruning keeps for these arguments."""
     if not isinstance(kernel, triton.runtime.Autotuner):
         return []
-    named = dict(zip(kernel.arg_names, args))
     prune = kernel.early_config_prune
-    configs = prune(kernel.configs, named, **meta) if prune else kernel.configs
-    if not configs:
-        described = ", ".join(f"{k}={_describe(v)}" for k, v in {**named, **meta}.items())
-        raise RuntimeError(f"stafast: no autotune config of {kernel.fn.__name__} fits in registers and shared "
-                           f"memory for {described}")
-    return configs
+    return prune(kernel.configs, dict(zip(kernel.arg_names, args)), **meta) if prune else kernel.configs
 
 
 def launch(kernel, grid, *args, **meta) -> None:

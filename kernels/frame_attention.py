@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (RegisterModel, config, options, acc_dtype, device_guard, even_d, is_fp64, keep_configs, launch,
-                      mma, tile, upcast)
+from ._common import (RegisterModel, acc_dtype, config, device_guard, even_d, is_fp64, keep_configs, launch, mma,
+                     options, tile, upcast)
 
 # Frames whose N x N matrices stay in registers. The 16-bit forward holds one N x N matrix on
 # tensor cores; the backward holds two, and fp32/fp64 tl.dot runs on FMAs with its operands copied
