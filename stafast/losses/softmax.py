@@ -6,11 +6,12 @@ Why not a (scaled cosine) classifier on the normalised embedding: from random we
 FC outputs of all clips share a large common part (on the synthetic set |mean x| = 4.8 against
 |x| = 5.0, and the normalised embeddings of different clips have cosine 0.91-0.93), so their
 directions barely differ, the logits barely differ between clips, and the gradient that reaches
-x is divided by |x| and spent on that common part.  There the id loss stayed at chance (ln C)
-for 15 epochs, with any scale from 4 to 16.  A batch normalisation removes the common part and
-equalises the scale, so the classifier sees the differences between clips from the first step,
-and its gradient flows into x directly.  A plain linear layer on x (no normalisation) let x grow
-without bound and diverged.  Measured on the synthetic demo: README, "Quick start".
+x is divided by |x| and spent on that common part.  There the id loss stayed at chance (ln 24 =
+3.18): 3.10 and 3.21 after the demo's 15 epochs with scales 4 and 16.  A batch normalisation
+removes the common part and equalises the scale, so the classifier sees the differences between
+clips from the first step, and its gradient flows into x directly: 0.33 after 15 epochs.  A plain linear layer on x (no
+normalisation) let x grow without bound and diverged (9.3), and a scaled cosine classifier on
+BatchNorm(x) learned more slowly (1.99).  The demo's figures: README, "Quick start".
 """
 from __future__ import annotations
 
