@@ -411,7 +411,7 @@ def run_epoch(run: Run, stage: Stage, epoch: int) -> bool:
             bar.close()
             return False
     bar.close()
-    end_epoch(run, stage, epoch, clips_seen / max(time.perf_counter() - t0, 1e-9))
+    end_epoch(run, stage, epoch, clips_seen / (time.perf_counter() - t0) if clips_seen else None)
     return True
 
 
@@ -437,8 +437,9 @@ def log(run: Run, stage: Stage, epoch: int, bar=None) -> None:
         run.writer.add_scalar("clips_per_s", rate, run.global_step)
 
 
-def end_epoch(run: Run, stage: Stage, epoch: int, rate: float) -> None:
-    """Epoch summary, learning-rate step, evaluation when due, metrics.json and the checkpoint."""
+def end_epoch(run: Run, stage: Stage, epoch: int, rate: float | None) -> None:
+    """Epoch summary, learning-rate step, evaluation when due, metrics.json and the checkpoint.
+    `rate`: clips/s of this process's steps in the epoch (None when it resumed at the epoch's end)."""
     cfg = run.cfg
     log(run, stage, epoch)
     losses = stage.meter.epoch_means()
@@ -450,8 +451,9 @@ def end_epoch(run: Run, stage: Stage, epoch: int, rate: float) -> None:
               "global_step": run.global_step, "lr": lr, "clips_per_s": rate,
               **{f"train_{k}": v for k, v in losses.items()}}
     if run.main_proc:
+        speed = f", {rate:.1f} clips/s" if rate is not None else ""
         print(f"stage {stage.number} epoch {epoch + 1}/{stage.epochs}: loss {losses['loss']:.4f} "
-              f"(id {losses['id_loss']:.4f}, Q {losses['diversity']:.4f}), {rate:.1f} clips/s", file=sys.stderr)
+              f"(id {losses['id_loss']:.4f}, Q {losses['diversity']:.4f}){speed}", file=sys.stderr)
     last = epoch + 1 == stage.epochs
     if not cfg.no_eval and ((cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or last):
         if run.main_proc:
