@@ -22,14 +22,16 @@
 # cannot trip on this script: the build is checked with `pip install --dry-run` (make install
 # built the extension), a few op tests and benchmarks run (the whole suites are make test's and
 # make bench's), and throughput.py --dry-run writes every section of its JSON.  Its figures
-# mean nothing.  Output: a temporary folder unless OUT_DIR is given.
+# mean nothing.  Output: OUT_DIR, else a temporary folder (removed when the dry run passes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dry=0
 if [ "${1:-}" = "--dry-run" ]; then dry=1; shift; fi
 py=${PY:-python3}
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
+tmp_out=0
 if [ $dry = 1 ]; then
+  [ -z "${1:-}" ] && tmp_out=1
   out=${1:-$(mktemp -d "${TMPDIR:-/tmp}/stafast-gpu-check-dry-run.XXXXXX")}
   dev=cpu
   export CUDA_VISIBLE_DEVICES="" TRITON_INTERPRET=1 STAFAST_BENCH_ROUNDS=1
@@ -80,4 +82,6 @@ sys.exit(1 if missing or empty else 0)
 PY
 files=$?
 echo "gpu_check: tests rc=$tests, benchmarks rc=$bench, report rc=$report, throughput rc=$through, outputs rc=$files"
-exit $(( tests != 0 || bench != 0 || report != 0 || through != 0 || files != 0 ))
+failed=$(( tests != 0 || bench != 0 || report != 0 || through != 0 || files != 0 ))
+if [ $tmp_out = 1 ] && [ $failed = 0 ]; then rm -rf "$out"; fi  # a passing dry run leaves nothing behind
+exit $failed
