@@ -19,10 +19,11 @@ install:
 demo: install
 	$(PY) -m stafast.train --dataset synthetic --output runs/synthetic
 
-# Without a GPU, Triton kernels are tested on CPU tensors through the interpreter.
+# Without a GPU, Triton kernels are tested on CPU tensors through the interpreter.  Then the GPU
+# check runs end to end on the CPU at toy sizes, so that its first run on a GPU cannot trip on it.
 test: install
 	@if ! $(PY) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then export TRITON_INTERPRET=1; fi; \
-	$(PY) -m pytest tests -q -p no:cacheprovider
+	$(PY) -m pytest tests -q -p no:cacheprovider -rs && PY=$(PY) bash bench/gpu_check.sh --dry-run
 
 bench: install
 	$(PY) -m pytest bench --benchmark-only

@@ -20,7 +20,8 @@ import torch
 
 from .data import DatasetError, Tracklet
 from .data.datasets import _sorted_frames
-from .evaluate import extract, load_model
+from .checkpoint import load_model
+from .evaluate import HelpFormatter, extract
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 
@@ -62,7 +63,7 @@ def tracklets_from(inputs: list[str], scratch: str) -> list[Tracklet]:
 
 
 def main(argv=None) -> np.ndarray:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="+", help="folders of frames or video files, one tracklet each")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--output", required=True, help=".npy or .pt")
@@ -74,10 +75,10 @@ def main(argv=None) -> np.ndarray:
         p.error(f"--output must end with .npy or .pt, got {a.output}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, state = load_model(a.checkpoint, device)
-    args = state["args"]
+    cfg = state["config"]
     with tempfile.TemporaryDirectory() as scratch:
         tracklets = tracklets_from(a.inputs, scratch)
-        feats, _, _ = extract(model, tracklets, args["frames"], args["height"], args["width"], batch_size=a.batch_size,
+        feats, _, _ = extract(model, tracklets, cfg.frames, cfg.height, cfg.width, batch_size=a.batch_size,
                               all_frames=a.all_frames, pipeline="torch", workers=a.workers, device=device)
     names = [os.path.normpath(x) for x in a.inputs]
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import ClipPlan, build_loader
-from .metrics import chance_rank1, evaluate, ranks, rerank
+from .checkpoint import load_model
+from .data import DATASET_NAMES, PIPELINES, ClipPlan, build_loader, load_dataset
+from .metrics import PROTOCOLS, chance_rank1, evaluate, ranks, rerank
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module doc as written, and every flag's default in --help."""
 
 
 @torch.no_grad()
@@ -67,51 +71,29 @@ def reranked_metrics(qf, gf, dist, q_pids, g_pids, q_camids, g_camids, protocol:
     return {f"rerank_{k}": v for k, v in {**ranks(result), "mAP": result["mAP"]}.items()}
 
 
-def load_model(checkpoint: str, device: str = "cpu"):
-    """The model of a stafast.train checkpoint, with its training arguments."""
-    from .models import build_model, upgrade_state_dict
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (expected a stafast.train checkpoint.pt)")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
-        raise ValueError(f"{checkpoint} is not a stafast.train checkpoint (keys 'model' and 'model_config' expected)")
-    cfg = state["model_config"]
-    heads = upgrade_state_dict(state["model"]).get("spatial.out_weight")
-    if heads is not None and heads.shape[0] != cfg.get("num_heads", heads.shape[0]):
-        raise ValueError(f"{checkpoint}: its weights have K={heads.shape[0]} spatial heads but its model_config says "
-                         f"num_heads={cfg['num_heads']}")
-    model = build_model(**cfg)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise ValueError(f"{checkpoint}: weights do not fit the model its config describes ({cfg}): {e}") from None
-    return model.to(device).eval(), state
-
-
 def main(argv=None) -> dict:
-    from .train import load_dataset
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, choices=["mars", "ilidsvid", "prid2011", "synthetic"])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
     p.add_argument("--root", help="dataset root (synthetic: the generated tree; default: the training cache)")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--protocol", default="official", choices=["official", "toolbox"])
+    p.add_argument("--protocol", default="official", choices=PROTOCOLS)
     p.add_argument("--split", default="0", help="iLIDS-VID / PRID2011 split 0..9, or 'all' for the mean of 10")
     p.add_argument("--all-frames", action="store_true", help="average all clips of N frames instead of first frames")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--pipeline", default="auto", choices=["auto", "dali", "torch"])
+    p.add_argument("--pipeline", default="auto", choices=PIPELINES)
     p.add_argument("--output", help="write the metrics here as JSON")
     p.add_argument("--rerank", action="store_true",
                    help="also report CMC/mAP after k-reciprocal re-ranking (keys rerank_*)")
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, state = load_model(a.checkpoint, device)
-    args = state["args"]
+    cfg = state["config"]
     splits = range(10) if a.split == "all" else [int(a.split)]
     results = []
     for split in splits:
-        ds = load_dataset(a.dataset, a.root or args.get("root"), split=split, protocol=a.protocol)
-        r = evaluate_dataset(model, ds, args["frames"], args["height"], args["width"], a.protocol,
+        ds = load_dataset(a.dataset, a.root or cfg.root, split=split, protocol=a.protocol)
+        r = evaluate_dataset(model, ds, cfg.frames, cfg.height, cfg.width, a.protocol,
                              batch_size=a.batch_size, all_frames=a.all_frames, pipeline=a.pipeline,
                              workers=a.workers, device=device, rerank=a.rerank)
         results.append({**r, "split": split})

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
+from .checkpoint import load_model
 from .ops import reference
 
 FORMATS = ("onnx", "pt2")
@@ -67,13 +68,12 @@ def export(checkpoint: str, fmt: str, output: str, frames: int | None = None, he
            width: int | None = None, opset: int = OPSET, verify: bool = True) -> dict:
     """Write the embedding model of a stafast.train checkpoint to `output` as `fmt` ("onnx" or "pt2").
     Returns {"output", "format", "input_shape", "max_abs_diff" (None if not verified)}."""
-    from .evaluate import load_model
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {FORMATS}")
     model, state = load_model(checkpoint, "cpu")
-    args = state.get("args") or {}
-    frames = frames or args.get("frames") or model.num_frames
-    height, width = height or args.get("height"), width or args.get("width")
+    cfg = state["config"]  # the run's TrainConfig
+    frames = frames or cfg.frames or model.num_frames
+    height, width = height or cfg.height, width or cfg.width
     if not height or not width:
         raise ValueError(f"{checkpoint} does not record the input size: give --height and --width")
     for name, value in (("frames", frames), ("height", height), ("width", width)):

@@ -1,7 +1,7 @@
 """Train (and evaluate) the spatiotemporal attention network.
 
     python -m stafast.train --dataset synthetic                     # the embedded default, CPU, minutes
-    python -m stafast.train --dataset mars --root DIR --backbone-weights resnet50.pth --output runs/mars
+    python -m stafast.train --dataset mars --root DIR --backbone-weights imagenet --output runs/mars
     torchrun --nproc_per_node 8 -m stafast.train --dataset mars --root DIR ...   # DistributedDataParallel
 
 The paper's recipe (Sec. 4.2) is the default for the real datasets: N=6, K=6, d=256, 256x128
@@ -13,24 +13,28 @@ input, OIM, SGD with lr 0.1 then 0.01, run in stages (--stages):
 Each stage starts from the weights of the previous one.  Every Table 1 / Table 2 ablation is a
 flag (--ablation, --heads, --diversity, --temporal, ...).  --dataset synthetic (no --root)
 generates a small MARS-layout set into a cache folder and trains ResNet-18 on 128x64 clips
-(stage 4 only, from random weights) in a few minutes on 2 CPU cores.
+(stage 4 only, from random weights, softmax loss) in a few minutes on 2 CPU cores.
 
 Output folder: checkpoint.pt (every epoch and every --checkpoint-every steps, written
-atomically), metrics.json, TensorBoard scalars in tb/.  --resume continues exactly (model,
-optimizer, scheduler, OIM table, data order and RNG states).  A non-finite loss stops training
-with a message, leaving the last good checkpoint.
+atomically), metrics.json (per epoch: mean train losses, and the evaluation when there is one),
+TensorBoard scalars in tb/.  --resume continues exactly from any checkpoint (model, optimizer,
+scheduler, loss state, data position and RNG states); the data loader starts at the saved batch
+without reading the ones before it.  A step never waits for the device: the losses are summed
+on the device and read every --log-every steps, at each epoch's end and before each checkpoint;
+a non-finite loss found there stops training with a message naming the steps, leaving the last
+good checkpoint.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import math
 import os
 import random
 import sys
-import tempfile
 import time
 import warnings
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -38,195 +42,93 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import ops
-from .data import DATASETS, MARS, ClipPlan, build_loader, synth
+from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from .config import SYNTHETIC, TrainConfig, field_types
+from .data import ClipPlan, ShardedPlan, build_loader, load_dataset
 from .evaluate import evaluate_dataset
 from .losses import OIMLoss, SoftmaxLoss
-from .models import ABLATIONS, build_model
+from .models import ABLATIONS, STA, build_model
 from .models.backbone import warn_random_init
 
-# Synthetic: ResNet-18 from random weights learns far faster with a classifier (softmax) than with
-# OIM, whose table starts at zero and whose gradient vanishes while a random CNN maps every clip to
-# nearly the same feature (15 epochs: rank-1 0.70 with softmax, 0.27 with OIM; chance 0.03).
-SYNTHETIC_DEFAULTS = dict(arch="resnet18", height=128, width=64, stages="4", epochs="15", lr=0.01, lr_step=0.75,
-                          ids_per_batch=4, tracklets_per_id=2, eval_every=0, loss="softmax")
-PAPER_DEFAULTS = dict(arch="resnet50", height=256, width=128, stages="1,2,3", epochs="30,20,20", lr=0.1, lr_step=0.5,
-                      ids_per_batch=8, tracklets_per_id=4, eval_every=0, loss="oim")
-
-
-# ------------------------------------------------------------------------------------- datasets
-def synthetic_root(root: str | None, seed: int = 0) -> str:
-    """The synthetic MARS-layout set: `root` if given and present, else generated once into a cache."""
-    if root and os.path.isdir(os.path.join(root, "info")):
-        return root
-    root = root or os.path.join(os.environ.get("STAFAST_CACHE", os.path.expanduser("~/.cache/stafast")),
-                                f"synthetic-mars-s{seed}")
-    if not os.path.isdir(os.path.join(root, "info")):
-        os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(root)), prefix=".synth-")
-        synth.make_mars(tmp, ids=24, test_ids=24, cameras=3, tracklets=2, frames=(8, 16), size=(128, 64), seed=seed)
-        try:
-            os.rename(tmp, root)  # atomic: a concurrent or killed generation never leaves half a tree
-        except OSError:
-            if not os.path.isdir(os.path.join(root, "info")):
-                raise
-    return root
-
-
-def load_dataset(name: str, root: str | None, split: int = 0, protocol: str = "official"):
-    if name == "synthetic":
-        return MARS(synthetic_root(root), protocol)
-    if not root:
-        raise ValueError(f"--root is required for --dataset {name} (the folder holding its published layout)")
-    if name == "mars":
-        return MARS(root, protocol)
-    return DATASETS[name](root, split)
-
-
-class ShardedPlan:
-    """One rank's share of every global batch of a ClipPlan, keeping the global positions (so the
-    frames and flips are those a single process would draw)."""
-
-    def __init__(self, plan: ClipPlan, rank: int, world: int, batch: int):
-        if batch % world:
-            raise ValueError(f"the global batch ({batch} clips) must divide among {world} processes")
-        self.plan, self.rank, self.world, self.batch = plan, rank, world, batch
-        self.n, self.mode, self.seed, self.tracklets = plan.n, plan.mode, plan.seed, plan.tracklets
-        self.local = batch // world
-
-    def _global(self, position: int) -> int:
-        b, i = divmod(position, self.local)
-        return b * self.batch + self.rank * self.local + i
-
-    def order(self, epoch: int) -> np.ndarray:
-        full = self.plan.order(epoch)
-        usable = len(full) // self.batch * self.batch
-        return full[[self._global(p) for p in range(usable // self.world)]]
-
-    def __len__(self) -> int:
-        return len(self.order(0))
-
-    def sample(self, epoch: int, position: int):
-        return self.plan.sample(epoch, self._global(position))
-
-
-# ---------------------------------------------------------------------------------- model, stages
-def model_config(a, stage: int) -> dict:
-    cfg = dict(arch=a.arch, last_stride=a.last_stride, num_frames=a.frames, num_heads=a.heads, hidden=a.hidden,
-               diversity=a.diversity, enhance=not a.no_enhance, enhance_scale=a.enhance_scale, temporal=a.temporal,
-               spatial="attention", embed_dim=a.embed_dim)
-    if a.ablation:
-        cfg.update(ABLATIONS[a.ablation])
-    if stage == 1:
-        cfg.update(ABLATIONS["baseline"])
-    elif stage == 2:
-        cfg.update(temporal="avg")
-    return cfg
-
-
-def transfer(model, previous_state: dict) -> int:
-    """Copy the previous stage's weights that fit (same name and shape)."""
-    own = model.state_dict()
-    fits = {k: v for k, v in previous_state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(fits, strict=False)
-    return len(fits)
-
-
-# ------------------------------------------------------------------------------------ checkpoints
-def save_atomic(obj, path: str) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`: a crash
-    (even kill -9) mid-write leaves the previous checkpoint intact."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ckpt-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-    if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+LOSS_NAMES = ("loss", "id_loss", "diversity")  # what a step records, in this order
+TB_NAMES = {"loss": "loss/total", "id_loss": "loss/id", "diversity": "loss/diversity"}
 
 
 class NonFiniteLoss(RuntimeError):
     pass
 
 
-# --------------------------------------------------------------------------------------- training
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="synthetic", choices=["mars", "ilidsvid", "prid2011", "synthetic"])
-    p.add_argument("--root", help="dataset root in its published layout (synthetic: optional cache folder)")
-    p.add_argument("--split", type=int, default=0, help="iLIDS-VID / PRID2011 split 0..9")
-    p.add_argument("--output", default="runs/stafast")
-    p.add_argument("--protocol", default="official", choices=["official", "toolbox"], help="MARS evaluation protocol")
-    g = p.add_argument_group("model (Sec. 3; Table 1 and Table 2 ablations)")
-    g.add_argument("--arch", help="resnet18|34|50|101 (paper: resnet50; synthetic default: resnet18)")
-    g.add_argument("--backbone-weights", help="torchvision ResNet state dict (.pth), a local file")
-    g.add_argument("--last-stride", type=int, default=2, choices=[1, 2])
-    g.add_argument("--frames", type=int, default=6, help="N frames per clip")
-    g.add_argument("--heads", type=int, default=6, help="K spatial attention models")
-    g.add_argument("--hidden", type=int, default=256, help="d of Eq. 1")
-    g.add_argument("--embed-dim", type=int, default=128)
-    g.add_argument("--ablation", choices=sorted(ABLATIONS), help="a Table 1 row (overrides the flags below)")
-    g.add_argument("--diversity", default="hellinger", choices=["hellinger", "l2", "none"])
-    g.add_argument("--diversity-weight", type=float, default=1.0, help="coefficient of Q in the loss")
-    g.add_argument("--temporal", default="attention", choices=["attention", "avg", "max"])
-    g.add_argument("--no-enhance", action="store_true", help="drop the frame enhancement E of Eq. 4")
-    g.add_argument("--enhance-scale", default="sqrt", choices=["sqrt", "none"])
-    g.add_argument("--height", type=int)
-    g.add_argument("--width", type=int)
-    o = p.add_argument_group("optimisation (Sec. 4.2)")
-    o.add_argument("--stages", help="comma-separated stages to run, in order (1 CNN, 2 attention + avg pooling, "
-                                    "3 all but CNN, 4 whole network)")
-    o.add_argument("--epochs", help="epochs per stage (one value, or one per stage)")
-    o.add_argument("--loss", choices=["oim", "softmax"], help="paper: oim (synthetic default: softmax)")
-    o.add_argument("--oim-scalar", type=float, default=30.0)
-    o.add_argument("--oim-momentum", type=float, default=0.5)
-    o.add_argument("--lr", type=float, help="initial lr (paper 0.1); x0.1 after --lr-step of each stage's epochs")
-    o.add_argument("--lr-step", type=float)
-    o.add_argument("--momentum", type=float, default=0.9)
-    o.add_argument("--weight-decay", type=float, default=5e-4)
-    o.add_argument("--ids-per-batch", type=int, help="P ids per batch")
-    o.add_argument("--tracklets-per-id", type=int, help="Q tracklets per id (batch = P x Q clips)")
-    o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--deterministic", action="store_true", help="deterministic algorithms (for exact resume)")
-    r = p.add_argument_group("running")
-    r.add_argument("--backend", default="auto", choices=["auto"] + list(ops.BACKENDS), help="stafast.ops backend")
-    r.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="autocast dtype on GPU")
-    r.add_argument("--pipeline", default="auto", choices=["auto", "dali", "torch"])
-    r.add_argument("--workers", type=int, default=2)
-    r.add_argument("--eval-every", type=int, help="evaluate every E epochs (0: at the end of each stage)")
-    r.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every M steps")
-    r.add_argument("--max-steps", type=int, default=0, help="stop (with a checkpoint) after this many steps")
-    r.add_argument("--resume", nargs="?", const="auto", help="checkpoint to resume (default OUTPUT/checkpoint.pt)")
-    r.add_argument("--no-eval", action="store_true")
-    r.add_argument("--rerank", action="store_true", help="evaluations also report re-ranked CMC/mAP (rerank_*)")
-    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
-    a = p.parse_args(argv)
-    defaults = SYNTHETIC_DEFAULTS if a.dataset == "synthetic" else PAPER_DEFAULTS
-    for k, v in defaults.items():
-        if getattr(a, k) is None:
-            setattr(a, k, v)
-    a.stages = [int(s) for s in str(a.stages).split(",")]
-    epochs = [int(e) for e in str(a.epochs).split(",")]
-    if len(epochs) not in (1, len(a.stages)) or any(s not in (1, 2, 3, 4) for s in a.stages):
-        p.error(f"--stages must be values in 1..4 and --epochs one value or one per stage; got {a.stages}, {epochs}")
-    a.epochs = epochs * len(a.stages) if len(epochs) == 1 else epochs
-    return a
+# ------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI, one flag per TrainConfig field: its help, choices and (real) default come from the field."""
+    p = argparse.ArgumentParser(prog="python -m stafast.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = {}
+    types = field_types()
+    for f in fields(TrainConfig):
+        m, kind = f.metadata, types[f.name]
+        if m["group"] not in groups:
+            groups[m["group"]] = p.add_argument_group(m["group"])
+        kw = dict(default=None, dest=f.name, help=m["help"])  # None: not given, TrainConfig.create fills it in
+        if kind is bool:
+            kw["action"] = "store_true" if f.default is False else argparse.BooleanOptionalAction
+            if f.default:
+                kw["help"] += " (default: on)"
+        else:
+            kw["type"] = _int_list if kind is tuple else kind
+            if kind is tuple:
+                kw["metavar"] = "N[,N...]"
+            if m["choices"]:
+                kw["choices"] = m["choices"]
+            if f.default is not None:
+                synthetic = f"; with --dataset synthetic: {_shown(SYNTHETIC[f.name])}" if f.name in SYNTHETIC else ""
+                kw["help"] += f" (default: {_shown(f.default)}{synthetic})"
+        kw.update(m["cli"])
+        groups[m["group"]].add_argument("--" + f.name.replace("_", "-"), **kw)
+    return p
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def parse_args(argv=None) -> TrainConfig:
+    p = build_parser()
+    a = vars(p.parse_args(argv))
+    try:
+        return TrainConfig.create(**a)
+    except ValueError as e:
+        p.error(str(e))
+
+
+# ---------------------------------------------------------------------------------- the whole run
+@dataclass
+class Run:
+    """What lives for the whole run: the configuration, processes, data, output, position."""
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    dataset: object
+    amp_dtype: torch.dtype | None
+    ckpt_path: str
+    writer: object = None
+    resume: dict | None = None        # the checkpoint being resumed, until its stage is set up
+    history: list = None
+    global_step: int = 0
+    previous_state: dict | None = None  # the last stage's weights, for the next stage
+    progress: bool = False
+
+    @property
+    def main_proc(self) -> bool:
+        return self.rank == 0
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -242,170 +144,350 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def gather_for_loss(emb: torch.Tensor, pids: torch.Tensor, world: int):
-    """The global batch on every rank (gradients flow back to each rank's own part), so that the OIM
-    table receives the same update everywhere and stays identical across ranks."""
-    if world == 1:
-        return emb, pids
-    import torch.distributed.nn.functional as dnn
-    all_pids = [torch.empty_like(pids) for _ in range(world)]
-    dist.all_gather(all_pids, pids)
-    return torch.cat(dnn.all_gather(emb)), torch.cat(all_pids)
-
-
-def train(a: argparse.Namespace) -> dict:
+def start_run(cfg: TrainConfig) -> Run:
     rank, world, device = setup_distributed()
-    main_proc = rank == 0
-    torch.manual_seed(a.seed)
-    np.random.seed(a.seed)
-    random.seed(a.seed)
-    if a.deterministic:
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    os.makedirs(a.output, exist_ok=True)
-    ckpt_path = os.path.join(a.output, "checkpoint.pt")
+    os.makedirs(cfg.output, exist_ok=True)
+    ckpt_path = os.path.join(cfg.output, "checkpoint.pt")
     resume = None
-    if a.resume:
-        path = ckpt_path if a.resume == "auto" else a.resume
+    if cfg.resume:
+        path = ckpt_path if cfg.resume == "auto" else cfg.resume
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--resume: checkpoint {path} does not exist")
-        resume = torch.load(path, map_location="cpu", weights_only=False)
-    dataset = load_dataset(a.dataset, a.root, a.split, a.protocol)
-    if main_proc:
+        resume = load_checkpoint(path)
+    dataset = load_dataset(cfg.dataset, cfg.root, cfg.split, cfg.protocol)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if device.type == "cuda" else None
+    run = Run(cfg, rank, world, device, dataset, amp_dtype, ckpt_path, resume=resume,
+              history=list(resume["metrics"]) if resume else [], global_step=resume["global_step"] if resume else 0,
+              progress=(cfg.progress if cfg.progress is not None else sys.stderr.isatty()) and rank == 0)
+    if run.main_proc:
         print(dataset.summary(), file=sys.stderr)
-        if not a.backbone_weights and a.dataset != "synthetic":
-            warn_random_init(a.arch)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.amp) if device.type == "cuda" else None
-    writer = None
-    if main_proc:
+        if not cfg.backbone_weights and cfg.dataset != "synthetic":
+            warn_random_init(cfg.arch)
         try:
             from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(os.path.join(a.output, "tb"))
+            # purge_step: a resumed run drops the events an interrupted one wrote after its checkpoint
+            run.writer = SummaryWriter(os.path.join(cfg.output, "tb"), purge_step=run.global_step if resume else None)
         except ImportError:
             warnings.warn("tensorboard is not installed: no TensorBoard scalars (metrics.json is still written)")
-    history = resume["metrics"] if resume else []
-    previous_state = None
-    global_step = resume["global_step"] if resume else 0
-    start_stage = resume["stage_index"] if resume else 0
-    batch = a.ids_per_batch * a.tracklets_per_id
-    with ops.backend(a.backend):
-        for si, stage in enumerate(a.stages):
-            if si < start_stage:
-                continue
-            cfg = model_config(a, stage)
-            model = build_model(backbone_weights=a.backbone_weights if si == 0 and not resume else None, **cfg)
-            if previous_state is not None:
-                transfer(model, previous_state)
-            frozen = stage in (2, 3)
-            for p_ in model.backbone.parameters():
-                p_.requires_grad_(not frozen)
-            model.to(device)
-            if device.type == "cuda":
-                model = model.to(memory_format=torch.channels_last)
-            if a.loss == "oim":
-                criterion = OIMLoss(a.embed_dim, dataset.num_train_pids, a.oim_scalar, a.oim_momentum)
-            else:
-                criterion = SoftmaxLoss(a.embed_dim, dataset.num_train_pids)
-            criterion.to(device)
-            params = [p_ for p_ in list(model.parameters()) + list(criterion.parameters()) if p_.requires_grad]
-            optimizer = torch.optim.SGD(params, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
-            step_epoch = max(1, round(a.epochs[si] * a.lr_step))
-            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [step_epoch], gamma=0.1)
-            start_epoch, skip = 0, 0
-            if resume and si == start_stage:
-                model.load_state_dict(resume["model"])
-                optimizer.load_state_dict(resume["optimizer"])
-                scheduler.load_state_dict(resume["scheduler"])
-                criterion.load_state_dict(resume["criterion"])
-                start_epoch, skip = resume["epoch"], resume["step"]
-                set_rng_state(resume["rng"])
-            net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-            plan = ClipPlan(dataset.train, a.frames, "train", seed=a.seed + 1000 * si, ids_per_batch=a.ids_per_batch,
-                            tracklets_per_id=a.tracklets_per_id)
-            shard = ShardedPlan(plan, rank, world, batch) if world > 1 else plan
-            loader = build_loader(shard, batch // world, a.height, a.width, pipeline=a.pipeline, workers=a.workers,
-                                  device=str(device), start_epoch=start_epoch)
+    return run
 
-            def checkpoint(epoch: int, step: int) -> None:
-                if main_proc:
-                    save_atomic({"model": model.state_dict(), "model_config": cfg, "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "criterion": criterion.state_dict(),
-                                 "stage_index": si, "stage": stage, "epoch": epoch, "step": step,
-                                 "global_step": global_step, "rng": rng_state(), "args": vars(a), "metrics": history},
-                                ckpt_path)
 
-            for epoch in range(start_epoch, a.epochs[si]):
-                loader.set_epoch(epoch)
-                model.train()
-                if frozen:
-                    model.backbone.eval()  # frozen CNN: BatchNorm statistics stay as they are
-                bar = tqdm(total=len(loader), desc=f"stage {stage} epoch {epoch + 1}/{a.epochs[si]}",
-                           disable=not (a.progress and main_proc), leave=False)
-                t0, clips_seen = time.perf_counter(), 0
-                for step, data in enumerate(loader):
-                    if step < skip:
-                        continue
-                    clips = data["clips"].to(device, non_blocking=True)
-                    pids = data["pids"].to(device, non_blocking=True)
-                    with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        out = net(clips)
-                    emb, all_pids = gather_for_loss(out.embedding, pids, world)
-                    id_loss = criterion(emb, all_pids)
-                    loss = id_loss + a.diversity_weight * out.diversity
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLoss(f"non-finite loss {loss.item()} at stage {stage}, epoch {epoch + 1}, "
-                                            f"step {step} (id loss {id_loss.item()}, diversity {out.diversity.item()});"
-                                            f" the last good checkpoint is {ckpt_path}")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    global_step += 1
-                    clips_seen += clips.shape[0] * world
-                    rate = clips_seen / (time.perf_counter() - t0)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}",
-                                    clips_s=f"{rate:.1f}")
-                    bar.update(1)
-                    if writer:
-                        writer.add_scalar("loss/total", loss.item(), global_step)
-                        writer.add_scalar("loss/id", id_loss.item(), global_step)
-                        writer.add_scalar("loss/diversity", out.diversity.item(), global_step)
-                        writer.add_scalar("lr", optimizer.param_groups[0]["lr"], global_step)
-                        writer.add_scalar("clips_per_s", rate, global_step)
-                    if a.checkpoint_every and global_step % a.checkpoint_every == 0:
-                        checkpoint(epoch, step + 1)
-                    if a.max_steps and global_step >= a.max_steps:
-                        checkpoint(epoch, step + 1)
-                        bar.close()
-                        return finish(a, history, writer, world, criterion, stopped=True)
-                bar.close()
-                skip = 0
-                scheduler.step()
-                if main_proc:
-                    print(f"stage {stage} epoch {epoch + 1}/{a.epochs[si]}: loss {loss.item():.4f} "
-                          f"(id {id_loss.item():.4f}, Q {out.diversity.item():.4f}), {rate:.1f} clips/s", file=sys.stderr)
-                last = epoch + 1 == a.epochs[si]
-                if main_proc and not a.no_eval and ((a.eval_every and (epoch + 1) % a.eval_every == 0) or last):
-                    result = evaluate_dataset(model, dataset, a.frames, a.height, a.width, a.protocol,
-                                              pipeline=a.pipeline, workers=a.workers, device=str(device),
-                                              amp_dtype=amp_dtype, progress=a.progress, rerank=a.rerank)
-                    model.train()
-                    record = {**result, "dataset": a.dataset, "split": a.split, "stage": stage, "epoch": epoch + 1}
-                    history.append(record)
-                    write_metrics(a.output, history)
-                    if writer:
-                        for k in ("rank1", "rank5", "mAP"):
-                            writer.add_scalar(f"eval/{k}", record[k], global_step)
-                    print(f"  eval ({a.protocol}): rank-1 {record['rank1']:.3f} mAP {record['mAP']:.3f} "
-                          f"(chance rank-1 {record['chance_rank1']:.3f})", file=sys.stderr)
-                    if a.rerank:
-                        print(f"  re-ranked: rank-1 {record['rerank_rank1']:.3f} mAP {record['rerank_mAP']:.3f}",
-                              file=sys.stderr)
-                checkpoint(epoch + 1, 0)
-            previous_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            resume = None
-    return finish(a, history, writer, world, criterion)
+def train(cfg: TrainConfig) -> dict:
+    """Run the stages of `cfg` (resuming from cfg.resume); returns {"metrics", "stopped", "oim_table"}."""
+    run = start_run(cfg)
+    first = run.resume["stage_index"] if run.resume else 0
+    stage = None
+    with ops.backend(cfg.backend):
+        for si in range(first, len(cfg.stages)):
+            stage = setup_stage(run, si)
+            for epoch in range(stage.start_epoch, stage.epochs):
+                if not run_epoch(run, stage, epoch):
+                    return finish(run, stage, stopped=True)
+            run.previous_state = {k: v.detach().cpu() for k, v in stage.model.state_dict().items()}
+    return finish(run, stage)
+
+
+def finish(run: Run, stage: "Stage | None", stopped: bool = False) -> dict:
+    if run.writer:
+        run.writer.close()
+    if run.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    criterion = stage.criterion if stage else None
+    table = criterion.lut.detach().cpu().clone() if isinstance(criterion, OIMLoss) else None
+    return {"metrics": run.history, "stopped": stopped, "oim_table": table}
+
+
+# ------------------------------------------------------------------------------------ one stage
+@dataclass
+class Stage:
+    """One stage of the schedule: the model it trains and everything that steps with it."""
+    index: int                 # position in cfg.stages
+    number: int                # 1..4 (see the module doc)
+    epochs: int
+    model: STA
+    net: torch.nn.Module       # what the step calls: the model, DDP-wrapped and/or compiled
+    model_config: dict
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    meter: "LossMeter"
+    loader: object = None
+    start_epoch: int = 0
+    start_step: int = 0        # batches of start_epoch already done (resume)
+
+
+def model_config(cfg: TrainConfig, stage: int) -> dict:
+    """STA constructor arguments for `stage` (1: Table 1's baseline, 2: average temporal pooling)."""
+    mc = dict(arch=cfg.arch, last_stride=cfg.last_stride, num_frames=cfg.frames, num_heads=cfg.heads,
+              hidden=cfg.hidden, diversity=cfg.diversity, enhance=cfg.enhance, enhance_scale=cfg.enhance_scale,
+              temporal=cfg.temporal, spatial="attention", embed_dim=cfg.embed_dim)
+    if cfg.ablation:
+        mc.update(ABLATIONS[cfg.ablation])
+    if stage == 1:
+        mc.update(ABLATIONS["baseline"])
+    elif stage == 2:
+        mc.update(temporal="avg")
+    return mc
+
+
+def transfer(model, previous_state: dict) -> int:
+    """Copy the previous stage's weights that fit (same name and shape)."""
+    own = model.state_dict()
+    fits = {k: v for k, v in previous_state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(fits, strict=False)
+    return len(fits)
+
+
+def build_criterion(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
+    if cfg.loss == "oim":
+        return OIMLoss(cfg.embed_dim, num_classes, cfg.oim_scalar, cfg.oim_momentum)
+    return SoftmaxLoss(cfg.embed_dim, num_classes)
+
+
+def build_trainable(cfg: TrainConfig, stage: int, num_classes: int, device: torch.device, world: int = 1,
+                    backbone_weights: str | None = None, previous_state: dict | None = None, epochs: int = 1,
+                    compile_backend: str = "inductor"):
+    """(model, net, model config, criterion, optimizer, scheduler) of `stage`: stages 2-3 freeze the CNN;
+    on a GPU the model is channels_last; `net` is the model wrapped for DDP and/or torch.compile
+    (with `compile_backend`, which only the benchmark's CPU dry-run changes)."""
+    mc = model_config(cfg, stage)
+    model = build_model(backbone_weights=backbone_weights, **mc)
+    if previous_state is not None:
+        transfer(model, previous_state)
+    for p in model.backbone.parameters():
+        p.requires_grad_(stage not in (2, 3))
+    model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    criterion = build_criterion(cfg, num_classes).to(device)
+    params = [p for p in list(model.parameters()) + list(criterion.parameters()) if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    step_epoch = max(1, round(epochs * cfg.lr_step))
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [step_epoch], gamma=0.1)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if cfg.compile:
+        net = torch.compile(net, backend=compile_backend)
+    return model, net, mc, criterion, optimizer, scheduler
+
+
+def setup_stage(run: Run, si: int) -> Stage:
+    """Build stage `si` (from the previous stage's weights, or from the checkpoint being resumed),
+    and its loader set to the position to continue from."""
+    cfg, resume = run.cfg, run.resume
+    number, epochs = cfg.stages[si], cfg.epochs[si]
+    weights = cfg.backbone_weights if si == 0 and resume is None else None
+    model, net, mc, criterion, optimizer, scheduler = build_trainable(
+        cfg, number, run.dataset.num_train_pids, run.device, run.world, weights, run.previous_state, epochs)
+    stage = Stage(si, number, epochs, model, net, mc, criterion, optimizer, scheduler, LossMeter(run.device))
+    if resume is not None:
+        if resume["model_config"] != mc:
+            raise ValueError(f"--resume: the checkpoint's stage {resume['stage']} model {resume['model_config']} differs "
+                             f"from the one this configuration builds, {mc}")
+        model.load_state_dict(resume["model"])
+        criterion.load_state_dict(resume["criterion"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        stage.start_epoch, stage.start_step = resume["epoch"], resume["step"]
+        stage.meter.restore(resume.get("epoch_losses", {"sums": [0.0] * len(LOSS_NAMES), "steps": 0}))
+        set_rng_state(resume["rng"])  # last: building the stage above drew from the generators
+        run.resume = None
+    if stage.start_epoch < epochs:
+        plan = ClipPlan(run.dataset.train, cfg.frames, "train", seed=cfg.seed + 1000 * si,
+                        ids_per_batch=cfg.ids_per_batch, tracklets_per_id=cfg.tracklets_per_id)
+        shard = ShardedPlan(plan, run.rank, run.world, cfg.batch_size) if run.world > 1 else plan
+        stage.loader = build_loader(shard, cfg.batch_size // run.world, cfg.height, cfg.width, pipeline=cfg.pipeline,
+                                    workers=cfg.workers, device=str(run.device), start_epoch=stage.start_epoch,
+                                    start=stage.start_step)
+    return stage
+
+
+# ----------------------------------------------------------------------------- epochs and steps
+class LossMeter:
+    """Loss sums kept on the device, so that a step never waits for it: `add` per step, `read`
+    (one host sync) every --log-every steps, at the end of an epoch and before a checkpoint."""
+
+    def __init__(self, device: torch.device):
+        self.window = torch.zeros(len(LOSS_NAMES) + 1, device=device)  # sums, then the count of non-finite steps
+        self.window_steps = 0
+        self.window_start = time.perf_counter()
+        self.epoch_sums, self.epoch_steps = [0.0] * len(LOSS_NAMES), 0
+
+    def add(self, *losses: torch.Tensor) -> None:
+        values = torch.stack([x.detach().float() for x in losses])
+        self.window += torch.cat([values, (~torch.isfinite(values[:1])).float()])
+        self.window_steps += 1
+
+    def read(self) -> tuple[dict, int, float]:
+        """(mean of each loss over the window, non-finite steps in it, seconds since the last read);
+        the window's sums go to the epoch's."""
+        values = self.window.tolist()
+        seconds = time.perf_counter() - self.window_start
+        steps = max(1, self.window_steps)
+        means = {k: v / steps for k, v in zip(LOSS_NAMES, values)}
+        self.epoch_sums = [a + b for a, b in zip(self.epoch_sums, values)]
+        self.epoch_steps += self.window_steps
+        self.window.zero_()
+        self.window_steps, self.window_start = 0, time.perf_counter()
+        return means, int(values[-1]), seconds
+
+    def epoch_means(self) -> dict:
+        return {k: v / max(1, self.epoch_steps) for k, v in zip(LOSS_NAMES, self.epoch_sums)}
+
+    def state(self) -> dict:
+        return {"sums": list(self.epoch_sums), "steps": self.epoch_steps}
+
+    def restore(self, state: dict) -> None:
+        self.epoch_sums, self.epoch_steps = list(state["sums"]), state["steps"]
+
+    def new_epoch(self) -> None:
+        self.epoch_sums, self.epoch_steps = [0.0] * len(LOSS_NAMES), 0
+
+
+def gather_for_loss(features: torch.Tensor, pids: torch.Tensor, world: int):
+    """The global batch on every rank (gradients flow back to each rank's own part), so that the OIM
+    table receives the same update everywhere and stays identical across ranks (and the softmax
+    loss's batch normalisation sees the global batch)."""
+    if world == 1:
+        return features, pids
+    import torch.distributed.nn.functional as dnn
+    all_pids = [torch.empty_like(pids) for _ in range(world)]
+    dist.all_gather(all_pids, pids)
+    return torch.cat(dnn.all_gather(features)), torch.cat(all_pids)
+
+
+def train_step(stage: Stage, clips: torch.Tensor, pids: torch.Tensor, diversity_weight: float,
+               amp_dtype: torch.dtype | None = None, world: int = 1) -> None:
+    """One SGD step on a batch already on the device.  No host sync, no tensor made on the host and
+    no branch on a device value: on a GPU it runs ahead of the device and can be captured."""
+    with torch.autocast(clips.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
+        out = stage.net(clips)
+    features, all_pids = gather_for_loss(getattr(out, stage.criterion.takes), pids, world)
+    id_loss = stage.criterion(features, all_pids)
+    loss = id_loss + diversity_weight * out.diversity
+    stage.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    stage.optimizer.step()
+    stage.meter.add(loss, id_loss, out.diversity)
+
+
+def run_epoch(run: Run, stage: Stage, epoch: int) -> bool:
+    """Epoch `epoch` of `stage` from its start position; False when --max-steps stopped the run."""
+    cfg = run.cfg
+    start = stage.start_step if epoch == stage.start_epoch else 0
+    if start == 0:
+        stage.meter.new_epoch()
+    stage.loader.set_epoch(epoch, start)
+    stage.model.train()
+    if stage.number in (2, 3):
+        stage.model.backbone.eval()  # frozen CNN: BatchNorm statistics stay as they are
+    bar = tqdm(total=len(stage.loader), initial=start, desc=f"stage {stage.number} epoch {epoch + 1}/{stage.epochs}",
+               disable=not run.progress, leave=False)
+    if cfg.max_steps and run.global_step >= cfg.max_steps and start < len(stage.loader):
+        save_checkpoint(run, stage, epoch, start)  # a resumed run that has already taken its steps
+        return False
+    t0, clips_seen = time.perf_counter(), 0
+    for position, batch in enumerate(stage.loader, start + 1):
+        clips = batch["clips"].to(run.device, non_blocking=True)
+        pids = batch["pids"].to(run.device, non_blocking=True)
+        train_step(stage, clips, pids, cfg.diversity_weight, run.amp_dtype, run.world)
+        run.global_step += 1
+        clips_seen += clips.shape[0] * run.world
+        bar.update(1)
+        if run.global_step % cfg.log_every == 0:
+            log(run, stage, epoch, bar)
+        if cfg.checkpoint_every and run.global_step % cfg.checkpoint_every == 0:
+            save_checkpoint(run, stage, epoch, position)
+        if cfg.max_steps and run.global_step >= cfg.max_steps:
+            save_checkpoint(run, stage, epoch, position)
+            bar.close()
+            return False
+    bar.close()
+    end_epoch(run, stage, epoch, clips_seen / (time.perf_counter() - t0) if clips_seen else None)
+    return True
+
+
+def log(run: Run, stage: Stage, epoch: int, bar=None) -> None:
+    """Read the step losses (one host sync): stop on a non-finite one, else report them."""
+    steps = stage.meter.window_steps
+    means, bad, seconds = stage.meter.read()
+    if bad:
+        first = run.global_step - steps + 1
+        raise NonFiniteLoss(f"non-finite loss ({means['loss']}) in {bad} of global steps {first}..{run.global_step} "
+                            f"(stage {stage.number}, epoch {epoch + 1}; id loss {means['id_loss']}, diversity "
+                            f"{means['diversity']}); the last good checkpoint is {run.ckpt_path}")
+    if not steps:
+        return
+    lr = stage.optimizer.param_groups[0]["lr"]
+    rate = steps * run.cfg.batch_size / max(seconds, 1e-9)
+    if bar is not None:
+        bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{lr:.3g}", clips_s=f"{rate:.1f}")
+    if run.writer:
+        for k, name in TB_NAMES.items():
+            run.writer.add_scalar(name, means[k], run.global_step)
+        run.writer.add_scalar("lr", lr, run.global_step)
+        run.writer.add_scalar("clips_per_s", rate, run.global_step)
+
+
+def end_epoch(run: Run, stage: Stage, epoch: int, rate: float | None) -> None:
+    """Epoch summary, learning-rate step, evaluation when due, metrics.json and the checkpoint.
+    `rate`: clips/s of this process's steps in the epoch (None when it resumed at the epoch's end)."""
+    cfg = run.cfg
+    log(run, stage, epoch)
+    losses = stage.meter.epoch_means()
+    lr = stage.optimizer.param_groups[0]["lr"]
+    with warnings.catch_warnings():  # a run resumed at an epoch's last step has no optimizer.step() before this
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before", UserWarning)
+        stage.scheduler.step()
+    record = {"dataset": cfg.dataset, "split": cfg.split, "stage": stage.number, "epoch": epoch + 1,
+              "global_step": run.global_step, "lr": lr, "clips_per_s": rate,
+              **{f"train_{k}": v for k, v in losses.items()}}
+    if run.main_proc:
+        speed = f", {rate:.1f} clips/s" if rate is not None else ""
+        print(f"stage {stage.number} epoch {epoch + 1}/{stage.epochs}: loss {losses['loss']:.4f} "
+              f"(id {losses['id_loss']:.4f}, Q {losses['diversity']:.4f}){speed}", file=sys.stderr)
+    last = epoch + 1 == stage.epochs
+    if not cfg.no_eval and ((cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or last):
+        if run.main_proc:
+            result = evaluate_dataset(stage.model, run.dataset, cfg.frames, cfg.height, cfg.width, cfg.protocol,
+                                      pipeline=cfg.pipeline, workers=cfg.workers, device=str(run.device),
+                                      amp_dtype=run.amp_dtype, progress=run.progress, batch_size=cfg.batch_size,
+                                      rerank=cfg.rerank)
+            record.update(result)
+            if run.writer:
+                for k in ("rank1", "rank5", "mAP"):
+                    run.writer.add_scalar(f"eval/{k}", result[k], run.global_step)
+            print(f"  eval ({cfg.protocol}): rank-1 {result['rank1']:.3f} mAP {result['mAP']:.3f} "
+                  f"(chance rank-1 {result['chance_rank1']:.3f})", file=sys.stderr)
+            if cfg.rerank:
+                print(f"  re-ranked: rank-1 {result['rerank_rank1']:.3f} mAP {result['rerank_mAP']:.3f}",
+                      file=sys.stderr)
+    if run.main_proc:
+        run.history.append(record)
+        write_metrics(cfg.output, run.history)
+    stage.meter.new_epoch()
+    save_checkpoint(run, stage, epoch + 1, 0)
+
+
+def save_checkpoint(run: Run, stage: Stage, epoch: int, step: int) -> None:
+    """The run's state after `step` batches of epoch `epoch` (step 0: `epoch` epochs done).  The losses
+    are read first, so a checkpoint is never written after a non-finite one."""
+    log(run, stage, epoch)
+    if not run.main_proc:
+        return
+    save_atomic({"config": run.cfg.to_dict(), "model_config": stage.model_config, "model": stage.model.state_dict(),
+                 "criterion": stage.criterion.state_dict(), "optimizer": stage.optimizer.state_dict(),
+                 "scheduler": stage.scheduler.state_dict(), "stage_index": stage.index, "stage": stage.number,
+                 "epoch": epoch, "step": step, "global_step": run.global_step, "epoch_losses": stage.meter.state(),
+                 "rng": rng_state(), "metrics": run.history}, run.ckpt_path)
 
 
 def write_metrics(output: str, history: list) -> None:
@@ -416,20 +498,10 @@ def write_metrics(output: str, history: list) -> None:
     os.replace(tmp, os.path.join(output, "metrics.json"))
 
 
-def finish(a, history, writer, world, criterion, stopped: bool = False) -> dict:
-    if writer:
-        writer.close()
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    table = criterion.lut.detach().cpu().clone() if isinstance(criterion, OIMLoss) else None
-    return {"metrics": history, "stopped": stopped, "oim_table": table}
-
-
 def main(argv=None) -> dict:
-    a = parse_args(argv)
+    cfg = parse_args(argv)
     try:
-        return train(a)
+        return train(cfg)
     except NonFiniteLoss as e:
         print(f"stafast.train: {e}", file=sys.stderr)
         raise SystemExit(3) from None

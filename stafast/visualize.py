@@ -25,11 +25,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from .data import ClipPlan, DatasetError, Tracklet, build_loader  # noqa: E402
+from .checkpoint import load_model  # noqa: E402
+from .data import DATASET_NAMES, ClipPlan, DatasetError, Tracklet, build_loader, load_dataset  # noqa: E402
 from .data.datasets import _sorted_frames  # noqa: E402
-from .data.loader import MEAN, STD  # noqa: E402
-from .evaluate import extract, load_model  # noqa: E402
-from .metrics import evaluate  # noqa: E402
+from .data.frames import denormalise  # noqa: E402
+from .evaluate import HelpFormatter, extract  # noqa: E402
+from .metrics import PROTOCOLS, evaluate  # noqa: E402
 
 
 def tracklet_from_dir(folder: str) -> Tracklet:
@@ -40,8 +41,7 @@ def tracklet_from_dir(folder: str) -> Tracklet:
 
 def _image(clip_frame: torch.Tensor) -> np.ndarray:
     """Normalised (3, H, W) -> (H, W, 3) in [0, 1] for display."""
-    x = clip_frame.cpu() * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
-    return x.clamp(0, 1).permute(1, 2, 0).numpy()
+    return denormalise(clip_frame).permute(1, 2, 0).numpy()
 
 
 @torch.no_grad()
@@ -98,10 +98,10 @@ def _middle_frame(t: Tracklet, height: int, width: int) -> np.ndarray:
     return _image(batch["clips"][0, 0])
 
 
-def ranks_figure(model, dataset, args: dict, out: str, cmc_out: str, queries: int = 6, topk: int = 8,
+def ranks_figure(model, dataset, cfg, out: str, cmc_out: str, queries: int = 6, topk: int = 8,
                  protocol: str = "official", device: str = "cpu", seed: int = 0) -> tuple[int, dict]:
     """Top-k ranked gallery tracklets for `queries` queries, and the CMC curve; returns (panels, metrics)."""
-    n, h, w = args["frames"], args["height"], args["width"]
+    n, h, w = cfg.frames, cfg.height, cfg.width
     qf, qp, qc = extract(model, dataset.query, n, h, w, device=device, pipeline="torch", workers=0, progress=False)
     gf, gp, gc = extract(model, dataset.gallery, n, h, w, device=device, pipeline="torch", workers=0, progress=False)
     dist = (2 - 2 * qf @ gf.t()).numpy()
@@ -140,16 +140,15 @@ def ranks_figure(model, dataset, args: dict, out: str, cmc_out: str, queries: in
 
 
 def main(argv=None):
-    from .train import load_dataset
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
     for name in ("attention", "ranks"):
-        s = sub.add_parser(name)
+        s = sub.add_parser(name, formatter_class=HelpFormatter)
         s.add_argument("--checkpoint", required=True)
-        s.add_argument("--dataset", choices=["mars", "ilidsvid", "prid2011", "synthetic"])
+        s.add_argument("--dataset", choices=DATASET_NAMES)
         s.add_argument("--root")
         s.add_argument("--split", type=int, default=0)
-        s.add_argument("--protocol", default="official", choices=["official", "toolbox"])
+        s.add_argument("--protocol", default="official", choices=PROTOCOLS)
     att = sub.choices["attention"]
     att.add_argument("--tracklet", help="a folder of frames (one tracklet)")
     att.add_argument("--index", type=int, default=0, help="with --dataset: which query tracklet")
@@ -162,26 +161,26 @@ def main(argv=None):
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, state = load_model(a.checkpoint, device)
-    args = state["args"]
+    cfg = state["config"]
     if a.what == "attention":
         if a.tracklet:
             t = tracklet_from_dir(a.tracklet)
         elif a.dataset:
-            ds = load_dataset(a.dataset, a.root or args.get("root"), a.split, a.protocol)
+            ds = load_dataset(a.dataset, a.root or cfg.root, a.split, a.protocol)
             if not 0 <= a.index < len(ds.query):
                 raise ValueError(f"--index must be in 0..{len(ds.query) - 1}, got {a.index}")
             t = ds.query[a.index]
         else:
             p.error("attention needs --tracklet DIR or --dataset")
-        plan = ClipPlan([t], args["frames"], "test")
-        clip = next(iter(build_loader(plan, 1, args["height"], args["width"], pipeline="torch", workers=0)))["clips"][0]
+        plan = ClipPlan([t], cfg.frames, "test")
+        clip = next(iter(build_loader(plan, 1, cfg.height, cfg.width, pipeline="torch", workers=0)))["clips"][0]
         panels = attention_figure(model, clip, a.out, os.path.basename(os.path.dirname(t.frames[0])))
         print(f"wrote {a.out} ({panels} panels)")
     else:
         if not a.dataset:
             p.error("ranks needs --dataset")
-        ds = load_dataset(a.dataset, a.root or args.get("root"), a.split, a.protocol)
-        panels, result = ranks_figure(model, ds, args, a.out, a.cmc_out, a.queries, a.topk, a.protocol, device)
+        ds = load_dataset(a.dataset, a.root or cfg.root, a.split, a.protocol)
+        panels, result = ranks_figure(model, ds, cfg, a.out, a.cmc_out, a.queries, a.topk, a.protocol, device)
         print(f"wrote {a.out} ({panels} panels) and {a.cmc_out}: rank-1 {result['cmc'][0]:.3f}, mAP {result['mAP']:.3f}")
 
 

@@ -11,9 +11,7 @@ from stafast.data import ILIDSVID, MARS, PRID2011, ClipPlan, DatasetError, build
 from stafast.data import synth
 from stafast.data.loader import read_image, to_model_input
 
-from .conftest import SHARED_DATA as SHARED
-MARS_INFO = os.path.join(SHARED, "mars", "info")
-PRID_SPLITS = os.path.join(SHARED, "prid2011", "splits_prid2011.json")
+from .conftest import shared_data
 
 
 def need_dali():
@@ -37,14 +35,15 @@ def mars_copy(mars_tree, tmp_path):
 
 @pytest.mark.slow
 def test_mars_structure_full_scale(tmp_path):
-    root = synth.make_mars_structure(str(tmp_path), MARS_INFO, max_frames=1, size=(16, 8))
+    mars_info = shared_data("mars", "info")
+    root = synth.make_mars_structure(str(tmp_path), mars_info, max_frames=1, size=(16, 8))
     official, toolbox = MARS(root, "official"), MARS(root, "toolbox")
     assert len(official.train) == 8298 and official.num_train_pids == 625
     assert len(official.query) == len(toolbox.query) == 1980
     assert len(official.gallery) == 12180 and len(toolbox.gallery) == 9330
     assert {t.pid for t in official.train} == set(range(625))
     assert sum(t.pid == -1 for t in official.gallery) == 870 and sum(t.pid == 0 for t in official.gallery) == 3248
-    real = scipy.io.loadmat(os.path.join(MARS_INFO, "tracks_test_info.mat"))["track_test_info"]
+    real = scipy.io.loadmat(os.path.join(mars_info, "tracks_test_info.mat"))["track_test_info"]
     assert [(t.pid, t.camid) for t in official.gallery] == [tuple(r) for r in real[:, 2:].tolist()]
 
 
@@ -86,8 +85,9 @@ def test_frames_sorted_by_integer_number(tmp_path):
 
 
 def test_prid2011_tree_with_the_published_splits(tmp_path):
-    root = synth.make_prid2011(str(tmp_path), PRID_SPLITS, frames=(1, 2), size=(16, 8), seed=3)
-    published = json.load(open(PRID_SPLITS))
+    prid_splits = shared_data("prid2011", "splits_prid2011.json")
+    root = synth.make_prid2011(str(tmp_path), prid_splits, frames=(1, 2), size=(16, 8), seed=3)
+    published = json.load(open(prid_splits))
     for split in range(10):
         ds = PRID2011(root, split)
         assert len(ds.query) == len(ds.gallery) == 89 and len(ds.train) == 178 and ds.num_train_pids == 89
@@ -196,3 +196,33 @@ def test_all_frames_mode_yields_every_clip_of_a_tracklet(mars_tree):
     (batch,) = list(build_loader(plan, 1, 32, 16))
     assert batch["clips"].shape == (-(-len(t) // 4), 4, 3, 32, 16)
     assert (batch["pids"] == t.pid).all()
+
+
+@pytest.mark.parametrize("pipeline", ["torch", "dali"])
+def test_loader_resumes_at_a_batch_then_reads_the_next_epochs_whole(mars_tree, pipeline):
+    if pipeline == "dali":
+        need_dali()
+    ds = MARS(mars_tree)
+    plan = ClipPlan(ds.train, 3, "train", seed=3, ids_per_batch=2, tracklets_per_id=2)  # 6 ids: 3 batches
+
+    def same(a, b):
+        assert len(a) == len(b) > 0
+        for x, y in zip(a, b):
+            assert torch.equal(x["pids"], y["pids"])
+            torch.testing.assert_close(x["clips"], y["clips"], rtol=0, atol=1e-4)
+
+    full = build_loader(plan, 4, 32, 16, pipeline=pipeline, workers=1, start_epoch=1)
+    epoch1 = list(full)
+    full.set_epoch(2)
+    epoch2 = list(full)
+    resumed = build_loader(plan, 4, 32, 16, pipeline=pipeline, workers=1, start_epoch=1, start=2)
+    assert len(resumed) == 3  # every batch of the epoch, read or not
+    same(list(resumed), epoch1[2:])
+    resumed.set_epoch(2)
+    same(list(resumed), epoch2)
+    at_end = build_loader(plan, 4, 32, 16, pipeline=pipeline, workers=1, start_epoch=1, start=3)
+    assert list(at_end) == []  # a run stopped at an epoch's last step: nothing left of it
+    at_end.set_epoch(2)
+    same(list(at_end), epoch2)
+    with pytest.raises(ValueError, match="start batch 4 is outside the epoch's 3 batches"):
+        build_loader(plan, 4, 32, 16, pipeline=pipeline, workers=1, start=4)

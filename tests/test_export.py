@@ -6,7 +6,7 @@ import torch
 from stafast import export as X
 from stafast import ops
 from stafast import train as T
-from stafast.evaluate import load_model
+from stafast.checkpoint import load_model
 
 from .test_train import TINY, tiny_root  # noqa: F401  (the tiny synthetic set, a module fixture)
 

@@ -6,9 +6,8 @@ import scipy.io
 
 from stafast.metrics import evaluate, ranks
 
-from .conftest import SHARED_DATA
+from .conftest import shared_data
 
-MARS_INFO = os.path.join(SHARED_DATA, "mars", "info")
 
 
 def official_loop(dist, qp, gp, qc, gc):
@@ -87,8 +86,9 @@ def test_matches_the_official_loop_on_random_data(seed):
 
 
 def test_real_mars_structure_query_counts():
-    test = scipy.io.loadmat(os.path.join(MARS_INFO, "tracks_test_info.mat"))["track_test_info"].astype(int)
-    query = scipy.io.loadmat(os.path.join(MARS_INFO, "query_IDX.mat"))["query_IDX"].ravel().astype(int) - 1
+    mars_info = shared_data("mars", "info")
+    test = scipy.io.loadmat(os.path.join(mars_info, "tracks_test_info.mat"))["track_test_info"].astype(int)
+    query = scipy.io.loadmat(os.path.join(mars_info, "query_IDX.mat"))["query_IDX"].ravel().astype(int) - 1
     pids, cams = test[:, 2], test[:, 3]
     rng = np.random.default_rng(0)
     official = evaluate(rng.random((len(query), len(test)), dtype=np.float32), pids[query], pids, cams[query], cams)

@@ -67,8 +67,50 @@ def test_backbone_weights_from_local_file(tmp_path):
     torch.save(net.state_dict(), path)
     model = STA(backbone_weights=str(path), **TOY)
     torch.testing.assert_close(model.backbone.body[0].weight, net.conv1.weight)
-    with pytest.raises(FileNotFoundError, match=r"missing.pth.*never downloads"):
+    with pytest.raises(FileNotFoundError, match=r"missing.pth' does not exist; expected a torchvision ResNet state dict"):
         STA(backbone_weights=str(tmp_path / "missing.pth"), **TOY)
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="does not match this ResNet"):
         STA(backbone_weights=str(tmp_path / "bad.pth"), **TOY)
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """A torch hub cache in tmp_path and no network: a download attempt fails as it does offline."""
+    import urllib.error
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    attempts = []
+
+    def no_network(url, dst, *args, **kwargs):
+        attempts.append(url)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path / "hub" / "checkpoints", attempts
+
+
+def test_imagenet_weights_offline_name_the_file_and_where_to_put_it(offline_hub):
+    import torchvision
+    folder, attempts = offline_hub
+    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    want = str(folder / url.rsplit("/", 1)[1])
+    with pytest.raises(FileNotFoundError) as e:
+        STA(backbone_weights="imagenet", **TOY)
+    assert attempts == [url]
+    message = str(e.value)
+    assert f"cannot download {url}" in message and f"place that file at {want}" in message
+    assert "torch hub cache" in message and "--backbone-weights PATH" in message
+
+
+def test_imagenet_weights_from_the_torch_hub_cache(offline_hub):
+    """What torchvision downloaded once (here: a file put in the cache by hand) loads with no network."""
+    import torchvision
+    folder, attempts = offline_hub
+    net = torchvision.models.resnet18(weights=None)
+    folder.mkdir(parents=True)
+    for weights in (torchvision.models.ResNet18_Weights.DEFAULT, torchvision.models.ResNet18_Weights.IMAGENET1K_V1):
+        torch.save(net.state_dict(), folder / weights.url.rsplit("/", 1)[1])
+    for name in ("imagenet", "IMAGENET1K_V1"):
+        model = STA(backbone_weights=name, **TOY)
+        torch.testing.assert_close(model.backbone.body[0].weight, net.conv1.weight)
+        assert model.backbone.pretrained
+    assert attempts == []

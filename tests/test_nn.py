@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from stafast import ops
-from stafast.evaluate import load_model
+from stafast.checkpoint import load_model
 from stafast.models import STA, upgrade_state_dict
 from stafast.nn import DiversityPenalty, FrameEnhancement, SpatialAttention, TemporalAttention
 from stafast.ops import reference

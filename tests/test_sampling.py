@@ -15,8 +15,8 @@ def test_chunk_boundaries(t, n, bounds):
     assert chunk_bounds(t, n).tolist() == bounds
 
 
-def test_train_draws_one_frame_inside_each_chunk():
-    rng = np.random.default_rng()
+def test_train_draws_one_frame_inside_each_chunk(rng_seed):
+    rng = np.random.default_rng(rng_seed)
     for t in (1, 5, 6, 7, 50, 675):
         bounds = chunk_bounds(t, 6)
         seen = set()

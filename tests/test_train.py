@@ -9,16 +9,19 @@ import pytest
 import torch
 
 from stafast import train as T
-from stafast.data import synth
-from stafast.evaluate import load_model
+from stafast.checkpoint import load_checkpoint, load_model, save_atomic
+from stafast.config import TrainConfig
+from stafast.data import ClipPlan, ShardedPlan, Tracklet, synth
 
 TINY = ["--arch", "resnet18", "--heads", "2", "--hidden", "8", "--frames", "3", "--height", "32", "--width", "16",
         "--ids-per-batch", "2", "--tracklets-per-id", "2", "--pipeline", "torch", "--workers", "0", "--no-progress",
         "--lr", "0.01"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
+    # 4 training ids, 2 per batch: 2 steps per epoch
     return synth.make_mars(str(tmp_path_factory.mktemp("tiny")), ids=4, test_ids=3, cameras=2, tracklets=2,
                            frames=(3, 6), size=(32, 16), seed=0)
 
@@ -29,49 +32,224 @@ def run(root, out, *extra):
 
 def test_end_to_end_writes_metrics_and_a_loadable_checkpoint(tiny_root, tmp_path):
     result = run(tiny_root, tmp_path, "--epochs", "2", "--loss", "oim")
-    metrics = json.load(open(tmp_path / "metrics.json"))["latest"]
+    saved = json.load(open(tmp_path / "metrics.json"))
+    metrics = saved["latest"]
     for key in ("rank1", "rank5", "rank10", "mAP", "protocol", "dataset", "split", "epoch", "chance_rank1"):
         assert key in metrics, key
     assert ("rank20" in metrics) == (metrics["num_gallery"] >= 20)  # CMC is as long as the gallery
     assert metrics["epoch"] == 2 and metrics["dataset"] == "synthetic" and 0 <= metrics["rank1"] <= 1
+    assert [r["epoch"] for r in saved["history"]] == [1, 2] and "rank1" not in saved["history"][0]
+    for record in saved["history"]:  # per-epoch mean train losses
+        assert record["train_loss"] == pytest.approx(record["train_id_loss"] + record["train_diversity"])
+        assert record["train_id_loss"] > 0 and record["global_step"] == 2 * record["epoch"]
     assert result["oim_table"] is not None
     model, state = load_model(str(tmp_path / "checkpoint.pt"))
     assert state["epoch"] == 2 and model.num_heads == 2
+    cfg = state["config"]
+    assert isinstance(cfg, TrainConfig) and cfg.frames == 3 and cfg.loss == "oim" and cfg.stages == (4,)
 
 
-def test_resume_continues_exactly(tiny_root, tmp_path):
-    full = run(tiny_root, tmp_path / "full", "--epochs", "2", "--deterministic", "--no-eval", "--loss", "oim")
-    assert not full["stopped"]
-    stopped = run(tiny_root, tmp_path / "cut", "--epochs", "2", "--deterministic", "--no-eval", "--loss", "oim",
-                  "--max-steps", "3")
+# ------------------------------------------------------------------------------------------ resume
+def final_state(out):
+    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+
+
+def assert_same_weights(a, b):
+    assert a["global_step"] == b["global_step"] and a["stage_index"] == b["stage_index"]
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"])
+    for part in ("model", "criterion"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            torch.testing.assert_close(a[part][k], b[part][k], rtol=0, atol=0, msg=f"{part}.{k}")
+    for x, y in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        torch.testing.assert_close(x["momentum_buffer"], y["momentum_buffer"], rtol=0, atol=0)
+    assert a["scheduler"] == b["scheduler"]
+
+
+SCHEDULES = {  # name: flags, a run of 2 steps per epoch
+    "one stage": ["--epochs", "2"],
+    "two stages": ["--stages", "3,4", "--epochs", "1,1"],
+}
+_uninterrupted = {}
+
+
+def uninterrupted(root, tmp_path_factory, schedule):
+    """The reference: the schedule run in one go (cached per schedule for this module)."""
+    if schedule not in _uninterrupted:
+        out = tmp_path_factory.mktemp("full")
+        run(root, out, *SCHEDULES[schedule], "--deterministic", "--no-eval", "--loss", "oim")
+        _uninterrupted[schedule] = final_state(out)
+    return _uninterrupted[schedule]
+
+
+@pytest.mark.parametrize("schedule, max_steps, where", [
+    ("one stage", 4, (0, 1, 2)),    # the issue's scenario: the last step of the last epoch, then the same + --resume
+    ("one stage", 2, (0, 0, 2)),    # the last step of an epoch, with more to come
+    ("one stage", 3, (0, 1, 1)),    # mid-epoch
+    ("two stages", 2, (0, 0, 2)),   # the last step of a stage
+    ("two stages", 3, (1, 0, 1)),   # mid-way into the second stage
+])
+def test_resume_from_max_steps_ends_with_the_weights_of_an_uninterrupted_run(tiny_root, tmp_path, tmp_path_factory,
+                                                                            schedule, max_steps, where):
+    flags = [*SCHEDULES[schedule], "--deterministic", "--no-eval", "--loss", "oim"]
+    stopped = run(tiny_root, tmp_path, *flags, "--max-steps", str(max_steps))
     assert stopped["stopped"]
-    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["step"] == 1  # mid-epoch (2 steps/epoch)
-    resumed = run(tiny_root, tmp_path / "cut", "--epochs", "2", "--deterministic", "--no-eval", "--loss", "oim",
-                  "--resume")
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
-    assert a["global_step"] == b["global_step"] == 4
-    for k in a["model"]:
-        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
-    torch.testing.assert_close(full["oim_table"], resumed["oim_table"], rtol=0, atol=0)
+    state = final_state(tmp_path)
+    assert (state["stage_index"], state["epoch"], state["step"]) == where
+    # The same command again with --resume: --max-steps is already reached, so the run only finishes
+    # the epoch it stopped in (all of the run when that was its last step); then without the limit
+    # it runs to the end.
+    again = run(tiny_root, tmp_path, *flags, "--max-steps", str(max_steps), "--resume")
+    assert again["stopped"] == (max_steps < 4)
+    resumed = run(tiny_root, tmp_path, *flags, "--resume")
+    assert not resumed["stopped"]
+    assert_same_weights(uninterrupted(tiny_root, tmp_path_factory, schedule), final_state(tmp_path))
+    history = json.load(open(tmp_path / "metrics.json"))["history"]
+    assert [(r["stage"], r["epoch"]) for r in history] == ([(4, 1), (4, 2)] if schedule == "one stage"
+                                                          else [(3, 1), (4, 1)])
 
 
+def test_resume_does_not_read_the_batches_before_its_position(tiny_root, tmp_path, monkeypatch):
+    run(tiny_root, tmp_path, "--epochs", "2", "--no-eval", "--max-steps", "3")
+    read = []
+    original = ClipPlan.sample
+    monkeypatch.setattr(ClipPlan, "sample", lambda self, epoch, pos: read.append((epoch, pos)) or
+                        original(self, epoch, pos))
+    run(tiny_root, tmp_path, "--epochs", "2", "--no-eval", "--resume")
+    assert sorted(read) == [(1, 4), (1, 5), (1, 6), (1, 7)]  # the second batch of epoch 2 (4 clips) only
+
+
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+import stafast.train as T
+save = T.save_atomic
+
+def save_then_die(obj, path):
+    save(obj, path)
+    if (obj["global_step"], obj["epoch"], obj["step"]) == {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+T.save_atomic = save_then_die
+T.main({argv!r})
+"""
+
+
+@pytest.mark.parametrize("kill_at", [(2, 0, 2), (2, 1, 0)], ids=["after the step checkpoint", "after the epoch's"])
+def test_sigkill_at_an_epoch_boundary_then_resume(tiny_root, tmp_path, tmp_path_factory, kill_at):
+    """--checkpoint-every 2 (= the steps of an epoch): at the end of epoch 1 the step checkpoint is
+    written, then the epoch's end (learning-rate step, metrics) and the epoch checkpoint.  SIGKILL
+    right after either, resume, and the weights end as in the uninterrupted run."""
+    argv = ["--dataset", "synthetic", "--root", tiny_root, "--output", str(tmp_path), *TINY,
+            *SCHEDULES["one stage"], "--deterministic", "--no-eval", "--loss", "oim", "--checkpoint-every", "2"]
+    script = KILLER.format(repo=REPO, kill_at=kill_at, argv=argv)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert (final_state(tmp_path)["global_step"], final_state(tmp_path)["epoch"],
+            final_state(tmp_path)["step"]) == kill_at
+    run(tiny_root, tmp_path, *SCHEDULES["one stage"], "--deterministic", "--no-eval", "--loss", "oim",
+        "--checkpoint-every", "2", "--resume")
+    assert_same_weights(uninterrupted(tiny_root, tmp_path_factory, "one stage"), final_state(tmp_path))
+
+
+def test_resume_with_another_model_is_refused(tiny_root, tmp_path):
+    run(tiny_root, tmp_path, "--epochs", "1", "--no-eval", "--max-steps", "1")
+    with pytest.raises(ValueError, match="--resume: the checkpoint's stage 4 model .* differs"):
+        run(tiny_root, tmp_path, "--epochs", "1", "--no-eval", "--resume", "--heads", "3")
+
+
+# ------------------------------------------------------------------------------- the step and logs
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_root, tmp_path, capsys):
     run(tiny_root, tmp_path, "--epochs", "1", "--no-eval")
     before = (tmp_path / "checkpoint.pt").read_bytes()
     with pytest.raises(SystemExit) as e:
-        run(tiny_root, tmp_path, "--epochs", "2", "--no-eval", "--resume", "--diversity-weight", "nan")
+        run(tiny_root, tmp_path, "--epochs", "2", "--no-eval", "--resume", "--diversity-weight", "nan",
+            "--log-every", "50")
     assert e.value.code == 3
-    assert "non-finite loss nan" in capsys.readouterr().err
+    # read at the end of epoch 2, not at each step: the message names the steps since the last read
+    assert "non-finite loss (nan) in 2 of global steps 3..4 (stage 4, epoch 2" in capsys.readouterr().err
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
 
 
+def test_non_finite_loss_found_before_a_checkpoint_is_written(tiny_root, tmp_path, capsys):
+    run(tiny_root, tmp_path, "--epochs", "1", "--no-eval")
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(SystemExit):
+        run(tiny_root, tmp_path, "--epochs", "2", "--no-eval", "--resume", "--diversity-weight", "inf",
+            "--checkpoint-every", "3")
+    assert "non-finite loss (inf) in 1 of global steps 3..3" in capsys.readouterr().err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+class CreatedOn(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every op of a step that returns a tensor on the host."""
+
+    def __init__(self):
+        super().__init__()
+        self.host_ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                self.host_ops.append(str(func))
+        return out
+
+
+@pytest.mark.parametrize("loss", ["oim", "softmax"])
+def test_train_step_never_reads_the_device_nor_makes_host_tensors(loss):
+    """The step on the meta device: tensors there have no values, so any host sync (.item(),
+    bool(tensor), a data-dependent shape) would raise, and a tensor made on the host shows up."""
+    cfg = TrainConfig.create("synthetic", arch="resnet18", heads=2, hidden=8, frames=3, loss=loss)
+    meta = torch.device("meta")
+    model, net, mc, criterion, optimizer, scheduler = T.build_trainable(cfg, 4, 5, meta)
+    stage = T.Stage(0, 4, 1, model, net, mc, criterion, optimizer, scheduler, T.LossMeter(meta))
+    clips, pids = torch.randn(4, 3, 3, 32, 16, device=meta), torch.zeros(4, dtype=torch.long, device=meta)
+    with CreatedOn() as mode:
+        for _ in range(2):
+            T.train_step(stage, clips, pids, 1.0)
+    assert mode.host_ops == []
+    assert stage.meter.window.device == meta and stage.meter.window_steps == 2
+
+
+def test_losses_are_read_every_log_every_steps(tiny_root, tmp_path, monkeypatch):
+    reads = []
+    original = T.LossMeter.read
+    monkeypatch.setattr(T.LossMeter, "read", lambda self: reads.append(self.window_steps) or original(self))
+    run(tiny_root, tmp_path, "--epochs", "3", "--no-eval", "--log-every", "3")
+    # 3 epochs of 2 steps: a read at steps 3 and 6, at each epoch's end and before each checkpoint
+    # (the steps in each read's window below), never one per step
+    assert reads == [2, 0, 1, 1, 0, 2, 0, 0]
+
+
+def test_compile_flag_trains_through_opaque_ops(tiny_root, tmp_path, monkeypatch):
+    """--compile wraps the model in torch.compile; the graph it traces keeps the stafast ops as calls
+    (they are not traced into).  The inductor compilation itself is too slow for a unit test on
+    2 cores: the benchmark's dry-run (bench/gpu_check.sh --dry-run) runs it."""
+    graphs = []
+
+    def recording_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, backend: real_compile(model, backend=recording_backend))
+    run(tiny_root, tmp_path, "--epochs", "1", "--no-eval", "--compile", "--backend", "ext")
+    targets = {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+    assert {"stafast.spatial_softmax_pool.default", "stafast.diversity_penalty.default",
+            "stafast.frame_attention.default"} <= targets, targets
+    assert load_checkpoint(str(tmp_path / "checkpoint.pt"))["config"].compile
+
+
+# ----------------------------------------------------------------------------- checkpoints, misc
 def test_kill_during_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    T.save_atomic({"step": 0, "weights": torch.zeros(10)}, str(path))
+    save_atomic({"step": 0, "weights": torch.zeros(10)}, str(path))
     writer = subprocess.Popen([sys.executable, "-c", f"""
+import sys
+sys.path.insert(0, {REPO!r})
 import torch
-from stafast.train import save_atomic
+from stafast.checkpoint import save_atomic
 step = 0
 while True:
     step += 1
@@ -82,6 +260,17 @@ while True:
     writer.wait()
     state = torch.load(path, weights_only=False)  # loadable: either the first or one fully written
     assert state["step"] == 0 or state["weights"].numel() == 4_000_000
+
+
+def test_a_checkpoint_of_the_argparse_era_still_loads(tiny_root, tmp_path):
+    run(tiny_root, tmp_path, "--epochs", "1", "--no-eval")
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    args = state.pop("config")
+    args.update(no_enhance=not args.pop("enhance"), stages=list(args["stages"]), epochs=list(args["epochs"]))
+    state["args"] = args
+    torch.save(state, tmp_path / "old.pt")
+    model, old = load_model(str(tmp_path / "old.pt"))
+    assert old["config"].frames == 3 and old["config"].enhance and old["config"].stages == (4,)
 
 
 def _ddp_worker(rank, world, root, out, port):
@@ -102,19 +291,43 @@ def test_ddp_two_gloo_processes_keep_one_oim_table(tiny_root, tmp_path):
 
 
 def test_sharded_plan_splits_every_global_batch():
-    from stafast.data import ClipPlan, Tracklet
     tracklets = [Tracklet((f"f{i}",), i % 4, 1) for i in range(16)]
     plan = ClipPlan(tracklets, 3, "train", seed=0, ids_per_batch=2, tracklets_per_id=2)
-    shards = [T.ShardedPlan(plan, r, 2, 4) for r in (0, 1)]
+    shards = [ShardedPlan(plan, r, 2, 4) for r in (0, 1)]
     full = plan.order(0)
     merged = [x for b in range(len(full) // 4) for s in shards for x in s.order(0)[b * 2:(b + 1) * 2]]
     assert merged == list(full)
     assert shards[1].sample(0, 0)[0] == plan.sample(0, 2)[0]
 
 
-def test_bad_arguments(tiny_root, tmp_path):
+def test_help_shows_the_real_defaults_and_the_registries(capsys):
+    with pytest.raises(SystemExit):
+        T.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "ResNet backbone (default: resnet50; with --dataset synthetic: resnet18)" in text
+    assert "(default: 1,2,3; with --dataset synthetic: 4)" in text and "(default: 50)" in text
+    assert "{mars,ilidsvid,prid2011,synthetic}" in text and "{auto,dali,torch}" in text
+    assert "{auto,reference,triton,ext}" in text and "{official,toolbox}" in text and "{oim,softmax}" in text
+
+
+def test_config_presets_and_checks():
+    assert TrainConfig.create("synthetic").arch == "resnet18"
+    paper = TrainConfig.create("mars", root="/data")
+    assert (paper.arch, paper.stages, paper.epochs, paper.loss) == ("resnet50", (1, 2, 3), (30, 20, 20), "oim")
+    assert TrainConfig.create("mars", stages=(1, 4), epochs=(5,)).epochs == (5, 5)
+    assert TrainConfig.create("synthetic", arch="resnet50").arch == "resnet50"
+    with pytest.raises(ValueError, match=r"arch='resnet7' is not one of .*stages=\(1, 5\)"):
+        TrainConfig.create("synthetic", arch="resnet7", stages=(1, 5))
+    with pytest.raises(ValueError, match=r"unknown training configuration fields \['colour'\]"):
+        TrainConfig.from_dict({"colour": 1})
+
+
+def test_bad_arguments(tiny_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         T.parse_args(["--stages", "1,5"])
+    assert "stages=(1, 5): each must be one of (1, 2, 3, 4)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        T.parse_args(["--epochs", "1,x"])
     with pytest.raises(ValueError, match="--root is required for --dataset mars"):
         T.main(["--dataset", "mars", "--output", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="--resume: checkpoint .* does not exist"):

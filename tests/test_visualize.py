@@ -7,8 +7,8 @@ from PIL import Image
 
 from stafast import embed, visualize
 from stafast import train as T
+from stafast.checkpoint import load_model
 from stafast.data import MARS, DatasetError, synth
-from stafast.evaluate import load_model
 
 TINY = ["--arch", "resnet18", "--heads", "3", "--hidden", "8", "--frames", "4", "--height", "32", "--width", "16",
         "--ids-per-batch", "2", "--tracklets-per-id", "2", "--pipeline", "torch", "--workers", "0", "--no-progress",

@@ -12,23 +12,27 @@ by the nearest readable frame of its tracklet and counted in `bad_frames` (on_er
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
 from .datasets import DatasetError
-from .loader import MEAN, STD, read_image, read_nearest
-from .plan import ClipPlan
+from .frames import MEAN, STD, read_image, read_nearest
+from .plan import ClipPlan, check_start
 
 
 class _FrameSource:
     """Per-sample callback of the parallel external source: must be picklable, stateless per call."""
 
-    def __init__(self, plan: ClipPlan, start_epoch: int, padded: int, on_error: str):
-        self.plan, self.start_epoch, self.padded, self.on_error = plan, start_epoch, padded, on_error
+    def __init__(self, plan: ClipPlan, start_epoch: int, start: int, padded: int, on_error: str):
+        self.plan, self.start_epoch, self.start, self.padded, self.on_error = plan, start_epoch, start, padded, on_error
 
     def __call__(self, info):
         epoch = self.start_epoch + info.epoch_idx
         position, slot = divmod(info.idx_in_epoch, self.plan.n)
+        if info.epoch_idx == 0:  # the first epoch may resume mid-way: its earlier positions are never read
+            position += self.start
         if position >= self.padded:
             raise StopIteration
         length = len(self.plan.order(epoch))
@@ -49,29 +53,44 @@ class _FrameSource:
 
 
 class DALIClipLoader:
+    """`set_epoch(epoch, start)`, then iterate over the batches from `start` on; `len()` counts
+    every batch of the epoch.  The pipeline's workers follow DALI's own epoch count, so a pass that
+    does not continue where the previous one ended rebuilds the pipeline."""
+
     def __init__(self, plan: ClipPlan, batch_size: int, height: int = 256, width: int = 128, workers: int = 2,
-                 threads: int = 2, on_error: str = "raise", device: str = "cpu", start_epoch: int = 0):
+                 threads: int | None = None, on_error: str = "raise", device: str = "cpu", start_epoch: int = 0,
+                 start: int = 0):
         if plan.mode == "all":
             raise ValueError("the DALI pipeline takes train/test clips; use the torch path for all-frames mode")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.plan, self.batch_size, self.height, self.width = plan, batch_size, height, width
+        # DALI's own threads (decoding on the CPU; on a GPU, the host part of nvJPEG): half the cores, 2 to 8
+        threads = threads or max(2, min(8, (os.cpu_count() or 2) // 2))
         self.workers, self.threads, self.on_error = workers, threads, on_error
         self.gpu = torch.device(device).type == "cuda"
         self.drop_last = plan.mode == "train"
         self.bad_frames = 0
-        self._build(start_epoch)
+        self.set_epoch(start_epoch, start)
+        self._build(start_epoch, start)
 
-    def _build(self, epoch: int) -> None:
+    def _batches(self, epoch: int) -> int:
+        length = len(self.plan.order(epoch))
+        return length // self.batch_size if self.drop_last else -(-length // self.batch_size)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, check_start(start, self._batches(epoch))
+
+    def _build(self, epoch: int, start: int) -> None:
+        """A pipeline whose first pass reads `epoch` from batch `start` on, and the following epochs whole."""
         from nvidia.dali import fn, pipeline_def, types
 
-        self.epoch = epoch
-        length = len(self.plan.order(epoch))
-        self.batches = length // self.batch_size if self.drop_last else -(-length // self.batch_size)
+        self.length = len(self.plan.order(epoch))  # the same for every epoch of a plan
+        self.batches = self._batches(epoch)
         if self.batches == 0:
-            raise ValueError(f"{length} clips make no full batch of {self.batch_size}")
-        self.length = length
-        source = _FrameSource(self.plan, epoch, self.batches * self.batch_size, self.on_error)
+            raise ValueError(f"{self.length} clips make no full batch of {self.batch_size}")
+        source = _FrameSource(self.plan, epoch, start * self.batch_size, self.batches * self.batch_size,
+                              self.on_error)
         device_id = torch.cuda.current_device() if self.gpu else None
 
         @pipeline_def(batch_size=self.batch_size * self.plan.n, num_threads=self.threads, device_id=device_id,
@@ -87,13 +106,10 @@ class DALIClipLoader:
 
         self.pipe = pipe()
         self.pipe.build()
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:  # the workers follow DALI's own epoch count: rebuild to jump
-            self._build(epoch)
+        self._pipe_at = (epoch, start)  # where the pipeline's next pass starts
 
     def __len__(self) -> int:
-        return self.batches
+        return self._batches(self.epoch)
 
     def _to_torch(self, tensor_list) -> torch.Tensor:
         t = tensor_list.as_tensor()
@@ -104,23 +120,30 @@ class DALIClipLoader:
             return out
         return torch.from_numpy(np.array(t))
 
-    def _explain(self, error: Exception, batch: int) -> None:
+    def _explain_at(self, error: Exception, epoch: int, batch: int) -> None:
         """DALI reports a bad image without its path: find it by reading the batch's frames."""
         for position in range(batch * self.batch_size, min((batch + 1) * self.batch_size, self.length)):
-            t, idx, _ = self.plan.sample(self.epoch, position)
+            t, idx, _ = self.plan.sample(epoch, position)
             for i in idx.ravel():
                 read_image(t.frames[int(i)])  # raises DatasetError with the path
         raise error
 
     def __iter__(self):
+        epoch, start = self.epoch, self.start
+        self.epoch, self.start = epoch + 1, 0  # the next pass, unless set_epoch says otherwise
+        if start >= self.batches:  # resumed at the very end of an epoch: nothing left to read
+            return
+        if self._pipe_at != (epoch, start):
+            self._build(epoch, start)
+        self._pipe_at = None  # mid-pass until the epoch is closed below
         n = self.plan.n
-        for b in range(self.batches):
+        for b in range(start, self.batches):
             try:
                 clips, pids, camids, bad = self.pipe.run()
             except StopIteration:
                 break
             except RuntimeError as e:
-                self._explain(e, b)
+                self._explain_at(e, epoch, b)
             x = self._to_torch(clips).view(self.batch_size, n, 3, self.height, self.width)
             pid = torch.from_numpy(np.array(pids.as_tensor())).view(self.batch_size, n)[:, 0]
             cam = torch.from_numpy(np.array(camids.as_tensor())).view(self.batch_size, n)[:, 0]
@@ -133,4 +156,4 @@ class DALIClipLoader:
         except StopIteration:
             pass
         self.pipe.reset()
-        self.epoch += 1
+        self._pipe_at = (epoch + 1, 0)

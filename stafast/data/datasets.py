@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..metrics import PROTOCOLS
+
 
 class DatasetError(ValueError):
     """A dataset file is missing or not what the layout says it should be."""
@@ -98,7 +100,7 @@ MARS_NAME = re.compile(r"^(\d{4}|00-1)C(\d)T(\d{4})F(\d{3})\.jpg$")
 
 class MARS(VideoDataset):
     name = "mars"
-    PROTOCOLS = ("official", "toolbox")
+    PROTOCOLS = PROTOCOLS
 
     def __init__(self, root: str, protocol: str = "official", check_files: bool = True):
         if protocol not in self.PROTOCOLS:

@@ -9,64 +9,31 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from .datasets import DatasetError
-from .plan import ClipPlan
+from .frames import read_image, read_nearest, to_model_input
+from .plan import ClipPlan, check_start
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+PIPELINES = ("auto", "dali", "torch")
 
-
-def read_image(path: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; unreadable files raise DatasetError naming the path."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"cannot read frame {path}: {type(e).__name__}: {e}") from None
-
-
-def read_nearest(frames: tuple[str, ...], i: int) -> tuple[np.ndarray, int]:
-    """Frame i of a tracklet or, if it cannot be read, the nearest readable one: (image, its index)."""
-    for j in sorted(range(len(frames)), key=lambda j: abs(j - i)):
-        try:
-            return read_image(frames[j]), j
-        except DatasetError:
-            continue
-    raise DatasetError(f"no frame of the tracklet starting {frames[0]} can be read")
-
-
-def to_model_input(frames: np.ndarray, height: int, width: int, flip: bool) -> torch.Tensor:
-    """(N, H0, W0, 3) uint8 -> (N, 3, height, width) float32: bilinear resize (half-pixel centres, no
-    antialias, as DALI's linear resize), optional horizontal flip, ImageNet normalisation."""
-    # Read-only arrays (a repeated frame) are copied: torch wants writable memory even to read it.
-    x = torch.from_numpy(np.require(frames, requirements="W")).permute(0, 3, 1, 2).float()
-    if x.shape[-2:] != (height, width):
-        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
-    if flip:
-        x = x.flip(-1)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD).view(1, 3, 1, 1) * 255
-    return (x - mean) / std
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Samples of a ClipPlan, decoded with Pillow.  on_error="raise" stops at the first unreadable
-    frame with its path; "skip" replaces it by the nearest readable frame of its tracklet and counts it."""
+    """Samples of a ClipPlan from position `start` of the epoch on, decoded with Pillow.
+    on_error="raise" stops at the first unreadable frame with its path; "skip" replaces it by the
+    nearest readable frame of its tracklet and counts it."""
 
     def __init__(self, plan: ClipPlan, height: int = 256, width: int = 128, on_error: str = "raise"):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.plan, self.height, self.width, self.on_error = plan, height, width, on_error
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        return len(self.plan.order(self.epoch))
+        return max(0, len(self.plan.order(self.epoch)) - self.start)
 
     def _frame(self, frames: tuple[str, ...], i: int) -> tuple[np.ndarray, int]:
         if self.on_error == "raise":
@@ -74,8 +41,8 @@ class ClipDataset(torch.utils.data.Dataset):
         image, j = read_nearest(frames, i)
         return image, int(j != i)
 
-    def __getitem__(self, position: int) -> dict:
-        t, idx, flip = self.plan.sample(self.epoch, position)
+    def __getitem__(self, index: int) -> dict:
+        t, idx, flip = self.plan.sample(self.epoch, self.start + index)
         loaded = [self._frame(t.frames, int(i)) for i in idx.ravel()]
         shapes = {im.shape for im, _ in loaded}
         if len(shapes) > 1:  # frames of one tracklet with different sizes: bring them to the first one's
@@ -99,27 +66,40 @@ def _collate(samples: list[dict]) -> dict:
 
 
 class TorchClipLoader:
-    """The torch DataLoader path: `set_epoch(e)`, then iterate."""
+    """The torch DataLoader path: `set_epoch(epoch, start)`, then iterate over the batches from `start` on.
+
+    `len()` counts every batch of the epoch.  Positions before `start` are never decoded: the
+    plan gives any position directly, which is how a resumed run continues mid-epoch.
+    """
 
     def __init__(self, plan: ClipPlan, batch_size: int, height: int = 256, width: int = 128, workers: int = 2,
-                 on_error: str = "raise", drop_last: bool | None = None):
+                 on_error: str = "raise", drop_last: bool | None = None, pin_memory: bool = False):
         self.dataset = ClipDataset(plan, height, width, on_error)
         self.batch_size = 1 if plan.mode == "all" else batch_size
         self.drop_last = (plan.mode == "train") if drop_last is None else drop_last
-        self.workers = workers
+        self.workers, self.pin_memory = workers, pin_memory
+        self.epoch, self.start = 0, 0
         self.bad_frames = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.dataset.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, check_start(start, self._batches(epoch))
 
-    def __len__(self) -> int:
-        n = len(self.dataset)
+    def _batches(self, epoch: int) -> int:
+        n = len(self.dataset.plan.order(epoch))
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def __len__(self) -> int:
+        return self._batches(self.epoch)
+
     def __iter__(self):
+        self.dataset.set_epoch(self.epoch, self.start * self.batch_size)
+        self.start = 0  # the next pass over this epoch starts at its beginning
+        # A generator of the loader's own: the workers' seeds then come from (seed, epoch), not from
+        # the global torch RNG, so a resumed run draws the same model initialisations as an unbroken one.
+        generator = torch.Generator().manual_seed(self.dataset.plan.seed * 100_003 + self.epoch)
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False,
                                              num_workers=self.workers, collate_fn=_collate, drop_last=self.drop_last,
-                                             persistent_workers=False)
+                                             persistent_workers=False, pin_memory=self.pin_memory, generator=generator)
         for batch in loader:
             self.bad_frames += batch["bad_frames"]
             yield batch
@@ -134,16 +114,20 @@ def dali_available() -> bool:
 
 
 def build_loader(plan: ClipPlan, batch_size: int, height: int = 256, width: int = 128, pipeline: str = "auto",
-                 workers: int = 2, on_error: str = "raise", device: str = "cpu", start_epoch: int = 0):
-    """A clip loader for `plan`: pipeline "dali", "torch" or "auto" (DALI when installed, except for
-    "all" mode, whose variable clip counts per tracklet the torch path handles)."""
-    if pipeline not in ("auto", "dali", "torch"):
-        raise ValueError(f"pipeline must be 'auto', 'dali' or 'torch', got {pipeline!r}")
+                 workers: int = 2, on_error: str = "raise", device: str = "cpu", start_epoch: int = 0,
+                 start: int = 0):
+    """A clip loader for `plan`, set to batch `start` of epoch `start_epoch`: pipeline "dali",
+    "torch" or "auto" (DALI when installed, except for "all" mode, whose variable clip counts per
+    tracklet the torch path handles).  On a CUDA `device` DALI decodes on the GPU ("mixed") and the
+    torch path pins its batches for asynchronous copies."""
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
     use_dali = pipeline == "dali" or (pipeline == "auto" and dali_available() and plan.mode != "all")
     if use_dali:
         from .dali import DALIClipLoader
         return DALIClipLoader(plan, batch_size, height, width, workers=workers, on_error=on_error, device=device,
-                              start_epoch=start_epoch)
-    loader = TorchClipLoader(plan, batch_size, height, width, workers, on_error)
-    loader.set_epoch(start_epoch)
+                              start_epoch=start_epoch, start=start)
+    loader = TorchClipLoader(plan, batch_size, height, width, workers, on_error,
+                             pin_memory=torch.device(device).type == "cuda")
+    loader.set_epoch(start_epoch, start)
     return loader

@@ -59,3 +59,37 @@ class ClipPlan:
         frames = sample_frames(len(t), self.n, self.mode, rng)
         flip = bool(self.flip and rng.random() < 0.5)
         return t, frames, flip
+
+
+def check_start(start: int, batches: int) -> int:
+    """`start`, the batch a pass over an epoch of `batches` batches begins at (== batches: nothing left)."""
+    if not 0 <= start <= batches:
+        raise ValueError(f"start batch {start} is outside the epoch's {batches} batches")
+    return start
+
+
+class ShardedPlan:
+    """One rank's share of every global batch of a ClipPlan, keeping the global positions (so the
+    frames and flips are those a single process would draw)."""
+
+    def __init__(self, plan: ClipPlan, rank: int, world: int, batch: int):
+        if batch % world:
+            raise ValueError(f"the global batch ({batch} clips) must divide among {world} processes")
+        self.plan, self.rank, self.world, self.batch = plan, rank, world, batch
+        self.n, self.mode, self.seed, self.tracklets = plan.n, plan.mode, plan.seed, plan.tracklets
+        self.local = batch // world
+
+    def _global(self, position: int) -> int:
+        b, i = divmod(position, self.local)
+        return b * self.batch + self.rank * self.local + i
+
+    def order(self, epoch: int) -> np.ndarray:
+        full = self.plan.order(epoch)
+        usable = len(full) // self.batch * self.batch
+        return full[[self._global(p) for p in range(usable // self.world)]]
+
+    def __len__(self) -> int:
+        return len(self.order(0))
+
+    def sample(self, epoch: int, position: int):
+        return self.plan.sample(epoch, self._global(position))

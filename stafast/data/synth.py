@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -191,6 +193,28 @@ def make_mars(out: str, ids: int = 16, test_ids: int = 16, cameras: int = 3, tra
             query += [int(rng.choice(rows[test_rows[rows, 3] == c])) + 1 for c in cams]
     _save_mars_info(out, train_rows, test_rows, sorted(query))
     return out
+
+
+def cached_mars(root: str | None = None, seed: int = 0) -> str:
+    """The synthetic MARS-layout set of `--dataset synthetic`: `root` if it holds one, else generated
+    once (24 training and 24 test ids, 3 cameras, 128x64 frames) into `root` or, without one, into
+    $STAFAST_CACHE (default ~/.cache/stafast)/synthetic-mars-s<seed>."""
+    if root and os.path.isdir(os.path.join(root, "info")):
+        return root
+    root = root or os.path.join(os.environ.get("STAFAST_CACHE", os.path.expanduser("~/.cache/stafast")),
+                                f"synthetic-mars-s{seed}")
+    if not os.path.isdir(os.path.join(root, "info")):
+        parent = os.path.dirname(os.path.abspath(root))
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=parent, prefix=".synth-")
+        make_mars(tmp, ids=24, test_ids=24, cameras=3, tracklets=2, frames=(8, 16), size=(128, 64), seed=seed)
+        try:
+            os.rename(tmp, root)  # atomic: a concurrent or killed generation never leaves half a tree
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not os.path.isdir(os.path.join(root, "info")):
+                raise
+    return root
 
 
 def make_mars_structure(out: str, info: str, max_frames: int = 1, size=(16, 8), seed: int = 0) -> str:

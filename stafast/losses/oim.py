@@ -41,21 +41,24 @@ class _OIMLogits(torch.autograd.Function):
 @torch.no_grad()
 def update_tables(lut: Tensor, queue: Tensor, queue_ptr: Tensor, inputs: Tensor, targets: Tensor,
                   momentum: float) -> None:
-    """Momentum update of the LUT rows of labeled ids; push unlabeled features into the queue."""
+    """Momentum update of the LUT rows of labeled ids; push unlabeled features into the queue.
+
+    The LUT update has no host sync and no data-dependent shape (per-id sums over the whole table,
+    rows without a sample kept by a mask), so a training step with OIM can be captured on a GPU."""
     labeled = targets >= 0
-    if labeled.any():
-        ids, inverse = torch.unique(targets[labeled], return_inverse=True)
-        sums = torch.zeros(len(ids), lut.shape[1], dtype=lut.dtype, device=lut.device)
-        sums.index_add_(0, inverse, inputs[labeled].to(lut.dtype))
-        counts = torch.bincount(inverse, minlength=len(ids)).to(lut.dtype)[:, None]
-        lut[ids] = F.normalize(momentum * lut[ids] + (1 - momentum) * sums / counts, dim=1)
-    unlabeled = inputs[~labeled]
+    rows = targets.clamp(min=0)
+    weight = labeled.to(lut.dtype)
+    sums = torch.zeros_like(lut).index_add_(0, rows, inputs.to(lut.dtype) * weight[:, None])
+    counts = torch.zeros(lut.shape[0], dtype=lut.dtype, device=lut.device).index_add_(0, rows, weight)[:, None]
+    moved = F.normalize(momentum * lut + (1 - momentum) * sums / counts.clamp(min=1), dim=1)
+    lut.copy_(torch.where(counts > 0, moved, lut))
     size = queue.shape[0]
-    if size and len(unlabeled):
-        unlabeled = unlabeled[-size:]
-        idx = (queue_ptr + torch.arange(len(unlabeled), device=queue.device)) % size
-        queue[idx] = F.normalize(unlabeled.to(queue.dtype), dim=1)
-        queue_ptr.copy_((queue_ptr + len(unlabeled)) % size)
+    if size:  # unlabeled samples: a data-dependent count, only when a queue is used
+        unlabeled = inputs[~labeled][-size:]
+        if len(unlabeled):
+            idx = (queue_ptr + torch.arange(len(unlabeled), device=queue.device)) % size
+            queue[idx] = F.normalize(unlabeled.to(queue.dtype), dim=1)
+            queue_ptr.copy_((queue_ptr + len(unlabeled)) % size)
 
 
 class OIMLoss(nn.Module):
@@ -66,6 +69,8 @@ class OIMLoss(nn.Module):
         momentum: LUT update momentum (0.5 in the paper's setting).
         queue_size: slots of the circular queue for unlabeled samples (label -1); 0 disables it.
     """
+
+    takes = "embedding"  # which STAOutput field the trainer passes: the L2-normalised embedding
 
     def __init__(self, num_features: int, num_classes: int, scalar: float = 30.0, momentum: float = 0.5,
                  queue_size: int = 0):
@@ -83,7 +88,8 @@ class OIMLoss(nn.Module):
             raise ValueError(f"OIMLoss: inputs must have shape (B, {self.num_features}), got {tuple(inputs.shape)}")
         if targets.shape != inputs.shape[:1]:
             raise ValueError(f"OIMLoss: targets must have shape ({inputs.shape[0]},), got {tuple(targets.shape)}")
-        if targets.numel() and (targets.max() >= self.num_classes or targets.min() < -1):
+        if targets.device.type == "cpu" and not torch.compiler.is_compiling() and targets.numel() and \
+                (targets.max() >= self.num_classes or targets.min() < -1):  # (on a GPU this check would sync)
             raise ValueError(f"OIMLoss: targets must be in [0, {self.num_classes}) or -1 (unlabeled), "
                              f"got range [{int(targets.min())}, {int(targets.max())}]")
         logits = _OIMLogits.apply(inputs, targets, self.lut, self.queue, self.queue_ptr, self.momentum)

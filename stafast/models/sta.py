@@ -20,6 +20,7 @@ from .backbone import Backbone
 SPATIAL = ("attention", "none")
 TEMPORAL = ("attention", "avg", "max")
 DIVERSITY = ("hellinger", "l2", "none")
+ENHANCE_SCALES = ("sqrt", "none")
 
 # Table 1 rows as constructor arguments (Ind = stage 4 of the schedule, not an architecture).
 ABLATIONS = {
@@ -39,6 +40,7 @@ class STAOutput:
     spatial: Tensor | None   # (B, N, K, L) receptive fields (Eq. 2); None for the baseline
     temporal: Tensor | None  # (B, N, K) temporal weights (Eq. 12); None unless temporal attention
     grid: tuple[int, int]    # (H, W) of the feature grid, L = H * W
+    feature: Tensor          # (B, embed_dim), the FC output before the L2 norm
 
 
 class STA(nn.Module):
@@ -65,7 +67,7 @@ class STA(nn.Module):
                  enhance_scale: str = "sqrt", temporal: str = "attention", embed_dim: int = 128):
         super().__init__()
         for name, value, options in (("spatial", spatial, SPATIAL), ("temporal", temporal, TEMPORAL),
-                                     ("diversity", diversity, DIVERSITY), ("enhance_scale", enhance_scale, ("sqrt", "none"))):
+                                     ("diversity", diversity, DIVERSITY), ("enhance_scale", enhance_scale, ENHANCE_SCALES)):
             if value not in options:
                 raise ValueError(f"STA: {name} must be one of {options}, got {value!r}")
         if num_heads < 1 or num_frames < 1 or hidden < 1 or embed_dim < 1:
@@ -116,8 +118,8 @@ class STA(nn.Module):
             clip = x.mean(dim=1)
         else:
             clip = x.amax(dim=1)
-        embedding = F.normalize(self.embed(clip.flatten(1)).float(), dim=1)  # Eq. 15, FC, L2 norm
-        return STAOutput(embedding, diversity, spatial, temporal, grid)
+        feature = self.embed(clip.flatten(1)).float()                   # Eq. 15, FC
+        return STAOutput(F.normalize(feature, dim=1), diversity, spatial, temporal, grid, feature)  # L2 norm
 
 
 # The parameter names of checkpoints written before STA was built from stafast.nn -> the current ones.

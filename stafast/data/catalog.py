@@ -1,0 +1,21 @@
+"""Datasets by the name the CLIs take (--dataset): the three published layouts and the synthetic set."""
+from __future__ import annotations
+
+from . import synth
+from .datasets import DATASETS, MARS, VideoDataset
+
+DATASET_NAMES = (*DATASETS, "synthetic")
+
+
+def load_dataset(name: str, root: str | None = None, split: int = 0, protocol: str = "official") -> VideoDataset:
+    """Dataset `name` from `root`; "synthetic" is the generated MARS-layout set (`root` optional:
+    a folder to generate it into or read it from, by default a cache; see synth.cached_mars)."""
+    if name == "synthetic":
+        return MARS(synth.cached_mars(root), protocol)
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {DATASET_NAMES}")
+    if not root:
+        raise ValueError(f"--root is required for --dataset {name} (the folder holding its published layout)")
+    if name == "mars":
+        return MARS(root, protocol)
+    return DATASETS[name](root, split)

@@ -1,0 +1,55 @@
+"""Frames: reading an image file and turning frames into model input (the ImageNet normalisation).
+
+Both pipelines use these: the torch path (loader.py) decodes with them, the DALI path (dali.py)
+normalises with the same constants and names unreadable frames with `read_image`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .datasets import DatasetError
+
+MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, of RGB in [0, 1]
+STD = (0.229, 0.224, 0.225)
+
+
+def read_image(path: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; unreadable files raise DatasetError naming the path."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"cannot read frame {path}: {type(e).__name__}: {e}") from None
+
+
+def read_nearest(frames: tuple[str, ...], i: int) -> tuple[np.ndarray, int]:
+    """Frame i of a tracklet or, if it cannot be read, the nearest readable one: (image, its index)."""
+    for j in sorted(range(len(frames)), key=lambda j: abs(j - i)):
+        try:
+            return read_image(frames[j]), j
+        except DatasetError:
+            continue
+    raise DatasetError(f"no frame of the tracklet starting {frames[0]} can be read")
+
+
+def to_model_input(frames: np.ndarray, height: int, width: int, flip: bool) -> torch.Tensor:
+    """(N, H0, W0, 3) uint8 -> (N, 3, height, width) float32: bilinear resize (half-pixel centres, no
+    antialias, as DALI's linear resize), optional horizontal flip, ImageNet normalisation."""
+    # Read-only arrays (a repeated frame) are copied: torch wants writable memory even to read it.
+    x = torch.from_numpy(np.require(frames, requirements="W")).permute(0, 3, 1, 2).float()
+    if x.shape[-2:] != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
+    if flip:
+        x = x.flip(-1)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD).view(1, 3, 1, 1) * 255
+    return (x - mean) / std
+
+
+def denormalise(frame: torch.Tensor) -> torch.Tensor:
+    """A normalised (3, H, W) frame back to RGB in [0, 1] (for display)."""
+    x = frame.detach().float().cpu() * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
+    return x.clamp(0, 1)
