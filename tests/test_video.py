@@ -214,6 +214,45 @@ def test_dali_and_pyav_give_the_same_clips(request, codec, mode, size):
         assert grey_levels < 0.01
 
 
+def tagged_vp9(path, frames, colorspace, color_range):
+    """A VP9 file whose stream carries colour tags (1: BT.709; range 1 limited, 2 full)."""
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libvpx-vp9", rate=25, options={"deadline": "realtime", "cpu-used": "8"})
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        stream.codec_context.colorspace, stream.codec_context.color_range = colorspace, color_range
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def test_pyav_frames_are_those_of_dalis_cpu_decoder(tmp_path):
+    """video.decode returns DALI's CPU decoder's uint8 frames exactly: MJPEG (full-range YUV) and
+    VP9, also when the stream is tagged BT.709 or full range (DALI converts with BT.601 and the
+    range of the pixel format whatever the tags say; PyAV by default would follow the tags)."""
+    need_dali()
+    from nvidia.dali import fn, pipeline_def
+    paths = [write_video(str(tmp_path / "m.avi"), frames_of(7), "mjpeg"),
+             write_video(str(tmp_path / "v.webm"), frames_of(7), "vp9", gop=3),
+             tagged_vp9(str(tmp_path / "t709.webm"), frames_of(7), 1, 1),
+             tagged_vp9(str(tmp_path / "tfull.webm"), frames_of(7), 1, 2)]
+    idx = np.array([6, 0, 2, 2, 5], dtype=np.int32)
+
+    @pipeline_def(batch_size=len(paths), num_threads=1, device_id=None)
+    def pipe():
+        data = fn.external_source(source=lambda info: np.fromfile(paths[info.idx_in_batch], np.uint8), batch=False)
+        return fn.decoders.video(data, device="cpu", frames=idx.tolist())
+
+    p = pipe()
+    p.build()
+    (out,) = p.run()
+    for k, path in enumerate(paths):
+        np.testing.assert_array_equal(np.array(out[k]), decode(path, idx), err_msg=path)
+    with av.open(paths[2]) as c:  # PyAV's default conversion follows the BT.709 tag: not DALI's
+        default = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])[idx]
+    assert np.abs(default.astype(int) - np.array(out[2])).max() > 5
+
+
 def test_auto_pipeline_leaves_h264_to_pyav_on_the_cpu(tmp_path):
     t = video_tracklet(write_video(str(tmp_path / "v.mp4"), frames_of(4), "h264"))
     plan = ClipPlan([t], 3, "test")

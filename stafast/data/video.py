@@ -11,11 +11,11 @@ keyframe groups with no sampled frame, and those after the last sampled frame, a
 stream with reordered frames (H.264/HEVC with B-frames) decodes from its start up to the last
 sampled frame.  Only the sampled frames are converted to RGB.
 
-The YUV -> RGB conversion is the one DALI's CPU decoder makes (FFmpeg's swscale, bilinear,
+The YUV -> RGB conversion is the one DALI's CPU decoder makes (FFmpeg's swscale: bilinear,
 full-resolution chroma interpolation, accurate rounding, the BT.601 matrix whatever the stream's
-colour tags say, the range given by the pixel format), so that both CPU paths return identical
-uint8 frames; PyAV's default conversion differs (nearest chroma, by up to ~100 grey levels at
-colour edges).
+colour tags say, full range for yuvj formats and streams flagged full range), so that both CPU
+paths return identical uint8 frames; PyAV's default conversion differs (nearest chroma: up to
+~100 grey levels at colour edges; and it follows a BT.709 tag).
 """
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def to_rgb(frame) -> np.ndarray:
     """A decoded PyAV frame as (H, W, 3) uint8 RGB, converted as DALI's CPU decoder does."""
     from av.video.reformatter import Interpolation
     flags = Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT | Interpolation.ACCURATE_RND | Interpolation.BITEXACT
-    full_range = frame.format.name.startswith("yuvj")
+    full_range = frame.format.name.startswith("yuvj") or frame.color_range == 2  # AVCOL_RANGE_JPEG
     return frame.reformat(format="rgb24", src_colorspace="ITU601", src_color_range="JPEG" if full_range else "MPEG",
                           interpolation=flags).to_ndarray()
 
