@@ -135,6 +135,19 @@ def test_sampled_frames_decode_as_in_a_full_pass(tmp_path, codec):
         np.testing.assert_array_equal(decode(path, idx), everything[idx])
 
 
+def test_which_packets_a_clip_decodes():
+    from collections import namedtuple
+
+    from stafast.data.video import _packets_to_decode
+    P = namedtuple("P", "is_keyframe")
+    intra = [P(True)] * 10
+    assert [j for j, d in enumerate(_packets_to_decode(intra, [2, 7], list(range(10)))) if d] == [2, 7]
+    gops = [P(j % 4 == 0) for j in range(12)]  # keyframes at 0, 4, 8
+    assert [j for j, d in enumerate(_packets_to_decode(gops, [1, 9, 10], list(range(12)))) if d] == [0, 1, 8, 9, 10]
+    reordered = [0, 3, 1, 2, 4, 5]  # presentation index of each packet (B-frames)
+    assert _packets_to_decode([P(j == 0) for j in range(6)], [1], reordered) == [True] * 3 + [False] * 3
+
+
 @pytest.mark.parametrize("ext", [".avi", ".webm"])
 def test_a_truncated_file_declares_more_frames_than_it_holds(tmp_path, ext):
     codec = "mjpeg" if ext == ".avi" else "vp9"

@@ -86,10 +86,11 @@ def probe(path: str) -> VideoInfo:
                     step = max(step, packet.duration or 0)
             declared = stream.frames
             if not declared and end is not None and container.duration and len(container.streams) == 1:
-                # Matroska/WebM: the header's duration against the span of the packets present
+                # Matroska/WebM: the header's duration against the span of the packets present (the
+                # last one's duration included; a frame at the stream's rate where packets carry none)
                 rate = stream.average_rate or stream.guessed_rate
-                span = float((end - first) * stream.time_base)
                 frame_s = float(step * stream.time_base) or (1 / float(rate) if rate else 0)
+                span = float((end - first) * stream.time_base) + (0 if step else frame_s)
                 if frame_s:
                     declared = readable + max(0, round((container.duration / 1e6 - span) / frame_s))
             info = VideoInfo(max(declared, readable), readable, ctx.name, ctx.height, ctx.width)
