@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .datasets import DatasetError, VideoTracklet
+from .video import read_clip as read_video_clip
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, of RGB in [0, 1]
 STD = (0.229, 0.224, 0.225)
@@ -43,12 +44,14 @@ def read_clip(t, idx: np.ndarray, on_error: str = "raise") -> tuple[np.ndarray, 
     frames past the end of a truncated file, see video.readable_indices)."""
     idx = np.asarray(idx).ravel()
     if isinstance(t, VideoTracklet):
-        from .video import read_clip as read_video_clip
         return read_video_clip(t, idx, on_error)
-    if on_error == "raise":
-        loaded = [(read_image(t.frames[int(i)]), 0) for i in idx]
-    else:
-        loaded = [(image, int(j != i)) for i in idx for image, j in [read_nearest(t.frames, int(i))]]
+    loaded = []  # (image, replaced)
+    for i in map(int, idx):
+        if on_error == "raise":
+            loaded.append((read_image(t.frames[i]), 0))
+        else:
+            image, j = read_nearest(t.frames, i)
+            loaded.append((image, int(j != i)))
     shapes = {im.shape for im, _ in loaded}
     if len(shapes) > 1:  # frames of one tracklet with different sizes: bring them to the first one's
         h0, w0 = loaded[0][0].shape[:2]
