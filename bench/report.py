@@ -62,11 +62,12 @@ def main(path: str) -> str:
         lines += [f"| {b['group']} | {seconds(b):.3f} s | {b['extra_info']['num_valid_queries']} |" for b in evals]
     if data:
         lines += ["", "| data pipeline | clips/s | vs torch DataLoader |", "| --- | ---: | ---: |"]
-        rate = {b["extra_info"]["impl"]: b["extra_info"]["clips_per_s"] for b in data}
-        for b in data:
-            impl = b["extra_info"]["impl"]
-            vs = f"{rate[impl] / rate['torch']:.2f}x" if "torch" in rate else ""
-            lines.append(f"| {b['group']}: {impl} | {rate[impl]:.0f} | {vs} |")
+        rate = {(b["group"], b["extra_info"]["impl"]): b["extra_info"]["clips_per_s"] for b in data}
+        for b in sorted(data, key=lambda b: (b["group"], b["extra_info"]["impl"] != "torch")):
+            group, impl = b["group"], b["extra_info"]["impl"]
+            torch_rate = rate.get((group, "torch"))
+            vs = f"{rate[group, impl] / torch_rate:.2f}x" if torch_rate else ""
+            lines.append(f"| {group}: {impl} | {rate[group, impl]:.0f} | {vs} |")
     return "\n".join(lines)
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Python wheels the GPU machine lacks (it has no network): DALI and what it needs, for Python 3.12.
+# Python wheels the GPU machine lacks (it has no network): DALI and what it needs, and PyAV (the video
+# benchmark's torch path and the video datasets' frame counts), for Python 3.12.
 #
 # Here (with network):   bash scripts/gpu_wheels.sh fetch      -> .whl/chunks/part-*  (60 MB pieces)
 # There, per transfer:   bash scripts/gpu_wheels.sh collect    -> appends .whl/chunks/* to /tmp/stafast-wheels.tar
@@ -15,7 +16,7 @@ fetch)
   plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
   for pkg in nvidia-dali-cuda130 nvidia-nvimgcodec-cu13 nvidia-nvjpeg nvidia-libnvcomp-cu13 nvidia-nvjpeg2k-cu13 \
-             astunparse gast dm-tree packaging six wheel; do
+             astunparse gast dm-tree packaging six wheel av; do
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" \
       -d .whl/wheels "$pkg"
   done

@@ -5,61 +5,53 @@
 
 .npy: a (T, D) float32 array, with the inputs' names in OUTPUT.names.txt (one per line, same
 order); .pt: {"embeddings": (T, D) tensor, "names": [...]}.  Frames of a folder are ordered by
-the integer frame number in their names; a video file is decoded with PyAV and
-its frames written to a temporary folder first (video needs PyAV: pip install av).  Test sampling by default (first frame of each
-of N chunks); --all-frames averages every clip of N consecutive frames.
+the integer frame number in their names.  A video file (.mp4 .avi .mkv .mov .webm) is one
+tracklet whose frame count is read from its container (needs PyAV: pip install av); its sampled
+frames are decoded by DALI's video decoder when DALI is installed (NVDEC on a GPU; VP8, VP9 and
+MJPEG on the CPU) and by PyAV otherwise (see --pipeline).  Test sampling by default (first frame
+of each of N chunks); --all-frames averages every clip of N consecutive frames (torch path).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 
 import numpy as np
 import torch
 
-from .data import DatasetError, Tracklet
-from .data.datasets import _sorted_frames
 from .checkpoint import load_model
+from .data import PIPELINES, DatasetError, Tracklet
+from .data.datasets import _sorted_frames
+from .data.video import VIDEO_EXTS, video_tracklet
 from .evaluate import HelpFormatter, extract
 
-VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 
-
-def video_to_frames(path: str, folder: str) -> tuple[str, ...]:
-    """Decode a video file with PyAV into PNG frames in `folder`."""
-    from PIL import Image
-    try:
-        import av
-    except ImportError:
-        raise DatasetError(f"cannot decode video {path}: PyAV is not installed (pip install av), "
-                           "or pass a folder of frames") from None
-    out = []
-    try:
-        with av.open(path) as container:
-            for i, frame in enumerate(container.decode(video=0)):
-                out.append(os.path.join(folder, f"{i:06d}.png"))
-                Image.fromarray(frame.to_ndarray(format="rgb24")).save(out[-1])
-    except av.FFmpegError as e:
-        raise DatasetError(f"cannot decode video {path}: {e}") from None
-    if not out:
-        raise DatasetError(f"video {path} has no frames")
-    return tuple(out)
-
-
-def tracklets_from(inputs: list[str], scratch: str) -> list[Tracklet]:
+def tracklets_from(inputs: list[str]) -> list:
+    """A Tracklet (folder of frames) or VideoTracklet (video file) per input, pid -1, camera 0."""
     tracklets = []
-    for i, path in enumerate(inputs):
+    for path in inputs:
         if os.path.isdir(path):
-            frames = _sorted_frames(path)
+            tracklets.append(Tracklet(_sorted_frames(path), -1, 0))
         elif os.path.isfile(path) and path.lower().endswith(VIDEO_EXTS):
-            folder = os.path.join(scratch, f"video{i}")
-            os.makedirs(folder)
-            frames = video_to_frames(path, folder)
+            tracklets.append(video_tracklet(path))
         else:
             raise DatasetError(f"{path} is neither a folder of frames nor a video file ({', '.join(VIDEO_EXTS)})")
-        tracklets.append(Tracklet(frames, -1, 0))
     return tracklets
+
+
+def embed(model, tracklets: list, num_frames: int, height: int, width: int, **kwargs) -> torch.Tensor:
+    """(T, D) embeddings of `tracklets`, in order; folders of frames and video files are extracted
+    separately (a pipeline reads one kind), then put back in the inputs' order."""
+    feats = torch.empty(0)
+    groups: dict[bool, list[int]] = {}
+    for i, t in enumerate(tracklets):
+        groups.setdefault(isinstance(t, Tracklet), []).append(i)
+    for rows in groups.values():
+        f, _, _ = extract(model, [tracklets[i] for i in rows], num_frames, height, width, **kwargs)
+        if not feats.numel():
+            feats = f.new_empty(len(tracklets), f.shape[1])
+        feats[rows] = f
+    return feats
 
 
 def main(argv=None) -> np.ndarray:
@@ -70,16 +62,16 @@ def main(argv=None) -> np.ndarray:
     p.add_argument("--all-frames", action="store_true")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--pipeline", default="auto", choices=PIPELINES,
+                   help="auto: DALI when installed (not for --all-frames, nor for codecs DALI cannot decode here)")
     a = p.parse_args(argv)
     if not a.output.endswith((".npy", ".pt")):
         p.error(f"--output must end with .npy or .pt, got {a.output}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, state = load_model(a.checkpoint, device)
     cfg = state["config"]
-    with tempfile.TemporaryDirectory() as scratch:
-        tracklets = tracklets_from(a.inputs, scratch)
-        feats, _, _ = extract(model, tracklets, cfg.frames, cfg.height, cfg.width, batch_size=a.batch_size,
-                              all_frames=a.all_frames, pipeline="torch", workers=a.workers, device=device)
+    feats = embed(model, tracklets_from(a.inputs), cfg.frames, cfg.height, cfg.width, batch_size=a.batch_size,
+                  all_frames=a.all_frames, pipeline=a.pipeline, workers=a.workers, device=device)
     names = [os.path.normpath(x) for x in a.inputs]
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
     if a.output.endswith(".npy"):

@@ -1,6 +1,6 @@
 """Seeing what the model does.
 
-    python -m stafast.visualize attention --checkpoint C --tracklet DIR [--out attention.png]
+    python -m stafast.visualize attention --checkpoint C --tracklet DIR_OR_VIDEO [--out attention.png]
     python -m stafast.visualize attention --checkpoint C --dataset mars --root R [--index 0]
     python -m stafast.visualize ranks --checkpoint C --dataset mars --root R [--queries 6 --topk 8]
 
@@ -26,17 +26,25 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from .checkpoint import load_model  # noqa: E402
-from .data import DATASET_NAMES, ClipPlan, DatasetError, Tracklet, build_loader, load_dataset  # noqa: E402
+from .data import DATASET_NAMES, ClipPlan, DatasetError, Tracklet, VideoTracklet, build_loader, load_dataset  # noqa: E402
 from .data.datasets import _sorted_frames  # noqa: E402
+from .data.video import video_tracklet  # noqa: E402
 from .data.frames import denormalise  # noqa: E402
 from .evaluate import HelpFormatter, extract  # noqa: E402
 from .metrics import PROTOCOLS, evaluate  # noqa: E402
 
 
-def tracklet_from_dir(folder: str) -> Tracklet:
+def tracklet_from_dir(folder: str) -> Tracklet | VideoTracklet:
+    """A folder of frames, or a video file, as one tracklet."""
+    if os.path.isfile(folder):
+        return video_tracklet(folder)
     if not os.path.isdir(folder):
         raise DatasetError(f"tracklet folder {folder} does not exist")
     return Tracklet(_sorted_frames(folder), -1, 0)
+
+
+def tracklet_name(t) -> str:
+    return os.path.basename(t.path if isinstance(t, VideoTracklet) else os.path.dirname(t.frames[0]))
 
 
 def _image(clip_frame: torch.Tensor) -> np.ndarray:
@@ -150,7 +158,7 @@ def main(argv=None):
         s.add_argument("--split", type=int, default=0)
         s.add_argument("--protocol", default="official", choices=PROTOCOLS)
     att = sub.choices["attention"]
-    att.add_argument("--tracklet", help="a folder of frames (one tracklet)")
+    att.add_argument("--tracklet", help="a folder of frames or a video file (one tracklet)")
     att.add_argument("--index", type=int, default=0, help="with --dataset: which query tracklet")
     att.add_argument("--out", default="attention.png")
     rk = sub.choices["ranks"]
@@ -174,7 +182,7 @@ def main(argv=None):
             p.error("attention needs --tracklet DIR or --dataset")
         plan = ClipPlan([t], cfg.frames, "test")
         clip = next(iter(build_loader(plan, 1, cfg.height, cfg.width, pipeline="torch", workers=0)))["clips"][0]
-        panels = attention_figure(model, clip, a.out, os.path.basename(os.path.dirname(t.frames[0])))
+        panels = attention_figure(model, clip, a.out, tracklet_name(t))
         print(f"wrote {a.out} ({panels} panels)")
     else:
         if not a.dataset:

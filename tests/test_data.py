@@ -9,7 +9,7 @@ import torch
 
 from stafast.data import ILIDSVID, MARS, PRID2011, ClipPlan, DatasetError, build_loader
 from stafast.data import synth
-from stafast.data.loader import read_image, to_model_input
+from stafast.data.frames import read_image, to_model_input
 
 from .conftest import shared_data
 

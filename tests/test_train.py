@@ -306,7 +306,7 @@ def test_help_shows_the_real_defaults_and_the_registries(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "ResNet backbone (default: resnet50; with --dataset synthetic: resnet18)" in text
     assert "(default: 1,2,3; with --dataset synthetic: 4)" in text and "(default: 50)" in text
-    assert "{mars,ilidsvid,prid2011,synthetic}" in text and "{auto,dali,torch}" in text
+    assert "{mars,ilidsvid,prid2011,videos,synthetic}" in text and "{auto,dali,torch}" in text
     assert "{auto,reference,triton,ext}" in text and "{official,toolbox}" in text and "{oim,softmax}" in text
 
 

@@ -1,18 +1,21 @@
 """stafast.data: datasets in their published layouts, synthetic data, sampling and clip pipelines.
 
-- datasets: MARS, ILIDSVID, PRID2011 (+ Tracklet, DatasetError); catalog: `load_dataset` by CLI name
-- synth: `python -m stafast.data.synth --layout mars|ilidsvid|prid2011 --out DIR`
+- datasets: MARS, ILIDSVID, PRID2011 (+ Tracklet, VideoTracklet, DatasetError); catalog: `load_dataset` by CLI name
+- manifest: VideoFiles, tracklets as video files listed by a manifest (--dataset videos)
+- video: video files with PyAV (frame count from the container, decoding the sampled frames)
+- synth: `python -m stafast.data.synth --layout mars|ilidsvid|prid2011|videos --out DIR`
 - sampling: restricted random sampling (Sec. 3.1)
 - plan: which frames each sample of an epoch reads (shared by both pipelines), ShardedPlan for DDP
-- frames: reading a frame, ImageNet normalisation
+- frames: reading a clip's frames (images or video), ImageNet normalisation
 - loader / dali: the torch DataLoader path and the DALI pipeline, `build_loader` picks
 """
 from .catalog import DATASET_NAMES, load_dataset
-from .datasets import DATASETS, ILIDSVID, MARS, PRID2011, DatasetError, Tracklet
+from .datasets import DATASETS, ILIDSVID, MARS, PRID2011, DatasetError, Tracklet, VideoTracklet
 from .loader import PIPELINES, build_loader, dali_available
+from .manifest import VideoFiles
 from .plan import ClipPlan, ShardedPlan
 from .sampling import MODES, RestrictedRandomSampler, chunk_bounds, sample_frames
 
 __all__ = ["DATASETS", "DATASET_NAMES", "ILIDSVID", "MARS", "MODES", "PIPELINES", "PRID2011", "ClipPlan",
-           "DatasetError", "RestrictedRandomSampler", "ShardedPlan", "Tracklet", "build_loader", "chunk_bounds",
-           "dali_available", "load_dataset", "sample_frames"]
+           "DatasetError", "RestrictedRandomSampler", "ShardedPlan", "Tracklet", "VideoFiles", "VideoTracklet",
+           "build_loader", "chunk_bounds", "dali_available", "load_dataset", "sample_frames"]

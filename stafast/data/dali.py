@@ -1,14 +1,24 @@
-"""The NVIDIA DALI frame pipeline: the same clips as the torch path (loader.py), decoded by DALI.
+"""The NVIDIA DALI pipeline: the same clips as the torch path (loader.py), decoded by DALI.
 
 A parallel external source (Python worker processes, spawned: forking a process that already
-runs threads, as torch's, can deadlock the children) reads the encoded bytes of one frame per
-DALI sample from the ClipPlan; DALI decodes them ("mixed" = nvJPEG on the GPU when a GPU is
-used, "cpu" otherwise), resizes linearly (no antialias, half-pixel centres, as the torch path),
-flips whole clips (the flag is the same for the N frames of a clip) and normalises.  A DALI
-batch holds B clips x N frames; the loader reshapes it to (B, N, 3, H, W).
+runs threads, as torch's, can deadlock the children) reads encoded bytes from the ClipPlan, and
+DALI decodes them ("mixed" on the GPU when a GPU is used, "cpu" otherwise), resizes linearly (no
+antialias, half-pixel centres, as the torch path), flips whole clips and normalises:
+- frame files: one DALI sample per frame, decoded by `fn.decoders.image` (nvJPEG on the GPU); a
+  DALI batch holds B clips x N frames, which the loader reshapes to (B, N, 3, H, W);
+- video files: one DALI sample per clip, the file's bytes with the N frame indices the plan
+  samples, decoded by `fn.decoders.video` (NVDEC on the GPU; on the CPU, DALI's libavcodec takes
+  VP8, VP9 and MJPEG only, see video.CPU_CODECS).  The decoder builds an index of the file's
+  packets and walks the sampled frames in order: it decodes on from where it is, unless the next
+  sampled frame lies more than 10 frames ahead in another keyframe group (then it seeks to that
+  group's keyframe) or behind (a repeated frame of a tracklet shorter than N: it seeks back).
+  So an intra-only stream (MJPEG) decodes the sampled frames and those between close ones, a
+  VP9 clip with one keyframe decodes its frames up to the last sampled one; only the sampled
+  frames are converted to RGB.  A batch is B sequences of N frames: (B, N, 3, H, W) directly.
 
 An unreadable frame stops with a DatasetError naming its path (on_error="raise"), or is replaced
-by the nearest readable frame of its tracklet and counted in `bad_frames` (on_error="skip").
+by the nearest readable frame of its tracklet and counted in `bad_frames` (on_error="skip"); for
+video files that covers the frames past the end of a truncated file (video.readable_indices).
 """
 from __future__ import annotations
 
@@ -17,30 +27,49 @@ import os
 import numpy as np
 import torch
 
-from .datasets import DatasetError
+from .datasets import DatasetError, is_video
 from .frames import MEAN, STD, read_image, read_nearest
 from .plan import ClipPlan, check_start
+from .video import CPU_CODECS, decode, readable_indices
+
+
+def dali_decodes(plan: ClipPlan, gpu: bool) -> str | None:
+    """None when DALI can decode the plan's tracklets on this device, else why not."""
+    if not is_video(plan.tracklets) or gpu:
+        return None
+    other = next((t for t in plan.tracklets if t.codec not in CPU_CODECS), None)
+    if other is None:
+        return None
+    return (f"DALI's CPU video decoder takes {'/'.join(CPU_CODECS)}, but {other.path} is {other.codec or 'unknown'}: "
+            "decode it with the torch pipeline (PyAV) or on a GPU (NVDEC)")
 
 
 class _FrameSource:
-    """Per-sample callback of the parallel external source: must be picklable, stateless per call."""
+    """Per-sample callback of the parallel external source: must be picklable, stateless per call.
+    One sample per frame: N samples make a clip."""
 
     def __init__(self, plan: ClipPlan, start_epoch: int, start: int, padded: int, on_error: str):
         self.plan, self.start_epoch, self.start, self.padded, self.on_error = plan, start_epoch, start, padded, on_error
 
+    def samples_per_clip(self) -> int:
+        return self.plan.n
+
     def __call__(self, info):
         epoch = self.start_epoch + info.epoch_idx
-        position, slot = divmod(info.idx_in_epoch, self.plan.n)
+        position, slot = divmod(info.idx_in_epoch, self.samples_per_clip())
         if info.epoch_idx == 0:  # the first epoch may resume mid-way: its earlier positions are never read
             position += self.start
         if position >= self.padded:
             raise StopIteration
         length = len(self.plan.order(epoch))
         t, idx, flip = self.plan.sample(epoch, min(position, length - 1))  # the last test batch is padded
-        frame = int(idx.ravel()[slot])
-        data, bad = self._bytes(t.frames, frame)
-        return data, np.array(int(flip), dtype=np.int32), np.array(t.pid, dtype=np.int64), \
-            np.array(t.camid, dtype=np.int64), np.array(bad, dtype=np.int32)
+        data, bad = self._read(t, idx.ravel(), slot)
+        return (*data, np.array(int(flip), dtype=np.int32), np.array(t.pid, dtype=np.int64),
+                np.array(t.camid, dtype=np.int64), np.array(bad, dtype=np.int32))
+
+    def _read(self, t, idx, slot):
+        data, bad = self._bytes(t.frames, int(idx[slot]))
+        return (data,), bad
 
     def _bytes(self, frames, i):
         if self.on_error == "raise":
@@ -50,6 +79,21 @@ class _FrameSource:
                 raise DatasetError(f"cannot read frame {frames[i]}: {e}") from None
         _, j = read_nearest(frames, i)  # full decode: only readable frames reach DALI in skip mode
         return np.fromfile(frames[j], dtype=np.uint8), int(j != i)
+
+
+class _ClipSource(_FrameSource):
+    """One sample per clip of a video file: its bytes and the N frame indices to decode."""
+
+    def samples_per_clip(self) -> int:
+        return 1
+
+    def _read(self, t, idx, slot):
+        idx, bad = readable_indices(t, idx, self.on_error)
+        try:
+            data = np.fromfile(t.path, dtype=np.uint8)
+        except OSError as e:
+            raise DatasetError(f"cannot read video {t.path}: {e}") from None
+        return (data, idx.astype(np.int32)), bad
 
 
 class DALIClipLoader:
@@ -69,6 +113,11 @@ class DALIClipLoader:
         threads = threads or max(2, min(8, (os.cpu_count() or 2) // 2))
         self.workers, self.threads, self.on_error = workers, threads, on_error
         self.gpu = torch.device(device).type == "cuda"
+        self.video = is_video(plan.tracklets)
+        why_not = dali_decodes(plan, self.gpu)
+        if why_not:
+            raise DatasetError(why_not)
+        self.samples_per_clip = 1 if self.video else plan.n
         self.drop_last = plan.mode == "train"
         self.bad_frames = 0
         self.set_epoch(start_epoch, start)
@@ -89,18 +138,28 @@ class DALIClipLoader:
         self.batches = self._batches(epoch)
         if self.batches == 0:
             raise ValueError(f"{self.length} clips make no full batch of {self.batch_size}")
-        source = _FrameSource(self.plan, epoch, start * self.batch_size, self.batches * self.batch_size,
-                              self.on_error)
+        source = (_ClipSource if self.video else _FrameSource)(
+            self.plan, epoch, start * self.batch_size, self.batches * self.batch_size, self.on_error)
         device_id = torch.cuda.current_device() if self.gpu else None
+        decoder = "mixed" if self.gpu else "cpu"
 
-        @pipeline_def(batch_size=self.batch_size * self.plan.n, num_threads=self.threads, device_id=device_id,
-                      py_num_workers=max(1, self.workers), py_start_method="spawn", seed=self.plan.seed)
+        @pipeline_def(batch_size=self.batch_size * self.samples_per_clip, num_threads=self.threads,
+                      device_id=device_id, py_num_workers=max(1, self.workers), py_start_method="spawn",
+                      seed=self.plan.seed)
         def pipe():
-            data, flip, pid, camid, bad = fn.external_source(source=source, num_outputs=5, batch=False, parallel=True)
-            images = fn.decoders.image(data, device="mixed" if self.gpu else "cpu", output_type=types.RGB)
+            if self.video:  # (N, H0, W0, 3) per clip
+                data, frames, flip, pid, camid, bad = fn.external_source(source=source, num_outputs=6, batch=False,
+                                                                         parallel=True)
+                images = fn.decoders.video(data, device=decoder, frames=frames)
+                layout = "FCHW"
+            else:  # (H0, W0, 3) per frame
+                data, flip, pid, camid, bad = fn.external_source(source=source, num_outputs=5, batch=False,
+                                                                 parallel=True)
+                images = fn.decoders.image(data, device=decoder, output_type=types.RGB)
+                layout = "CHW"
             images = fn.resize(images, resize_x=self.width, resize_y=self.height, interp_type=types.INTERP_LINEAR,
                                antialias=False, dtype=types.FLOAT)  # no uint8 rounding, as the torch path
-            clips = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", mirror=flip,
+            clips = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout=layout, mirror=flip,
                                              mean=[m * 255 for m in MEAN], std=[s * 255 for s in STD])
             return clips, pid, camid, bad
 
@@ -121,9 +180,12 @@ class DALIClipLoader:
         return torch.from_numpy(np.array(t))
 
     def _explain_at(self, error: Exception, epoch: int, batch: int) -> None:
-        """DALI reports a bad image without its path: find it by reading the batch's frames."""
+        """DALI reports a bad image or video without its path: find it by reading the batch's frames."""
         for position in range(batch * self.batch_size, min((batch + 1) * self.batch_size, self.length)):
             t, idx, _ = self.plan.sample(epoch, position)
+            if self.video:  # PyAV decodes the same frames; raises DatasetError with the path
+                decode(t.path, readable_indices(t, idx.ravel(), self.on_error)[0])
+                continue
             for i in idx.ravel():
                 read_image(t.frames[int(i)])  # raises DatasetError with the path
         raise error
@@ -136,19 +198,19 @@ class DALIClipLoader:
         if self._pipe_at != (epoch, start):
             self._build(epoch, start)
         self._pipe_at = None  # mid-pass until the epoch is closed below
-        n = self.plan.n
+        n, per_clip = self.plan.n, self.samples_per_clip
         for b in range(start, self.batches):
             try:
                 clips, pids, camids, bad = self.pipe.run()
             except StopIteration:
                 break
-            except RuntimeError as e:
+            except Exception as e:  # noqa: BLE001 - DALI re-raises its workers' errors as plain Exception
                 self._explain_at(e, epoch, b)
             x = self._to_torch(clips).view(self.batch_size, n, 3, self.height, self.width)
-            pid = torch.from_numpy(np.array(pids.as_tensor())).view(self.batch_size, n)[:, 0]
-            cam = torch.from_numpy(np.array(camids.as_tensor())).view(self.batch_size, n)[:, 0]
+            pid = torch.from_numpy(np.array(pids.as_tensor())).view(self.batch_size, per_clip)[:, 0]
+            cam = torch.from_numpy(np.array(camids.as_tensor())).view(self.batch_size, per_clip)[:, 0]
             keep = min(self.batch_size, self.length - b * self.batch_size)
-            bad_count = int(np.array(bad.as_tensor()).reshape(self.batch_size, n)[:keep].sum())
+            bad_count = int(np.array(bad.as_tensor()).reshape(self.batch_size, per_clip)[:keep].sum())
             self.bad_frames += bad_count
             yield {"clips": x[:keep], "pids": pid[:keep], "camids": cam[:keep], "bad_frames": bad_count}
         try:  # close DALI's epoch so that the next one starts at epoch + 1

@@ -12,11 +12,13 @@ query/gallery keep the original ids, which is what evaluation compares.
 - PRID2011(root, split, split_file=None): prid_2011/multi_shot/cam_a|cam_b/person_NNNN/NNNN.png
   and splits_prid2011.json (default: ROOT/splits_prid2011.json).
 Query = first camera, gallery = second camera for iLIDS-VID and PRID2011.
+Tracklets stored as video files (`VideoTracklet`, listed by a manifest) are in manifest.py.
 
 A missing or malformed file raises DatasetError naming the file and what was expected.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -39,6 +41,36 @@ class Tracklet:
 
     def __len__(self) -> int:
         return len(self.frames)
+
+
+@dataclass(frozen=True)
+class VideoTracklet:
+    """A tracklet stored as one video file: frames 0..num_frames-1 in presentation order.
+
+    num_frames is the count the container declares; `readable` counts the leading frames whose
+    data the file holds (fewer when it was truncated; the pipelines stop at, or replace, the
+    frames past them).  codec: FFmpeg's name of the stream's codec (vp9, mjpeg, h264, ...)."""
+    path: str
+    num_frames: int
+    pid: int
+    camid: int
+    codec: str = ""
+    readable: int | None = None  # None: all num_frames
+
+    def __post_init__(self):
+        if self.readable is None:
+            object.__setattr__(self, "readable", self.num_frames)
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+
+def is_video(tracklets) -> bool:
+    """Whether `tracklets` are video files (True) or folders of frames (False); a mix raises."""
+    kinds = {isinstance(t, VideoTracklet) for t in tracklets}
+    if len(kinds) > 1:
+        raise ValueError("a plan's tracklets must be all video files or all folders of frames, not a mix")
+    return kinds == {True}
 
 
 def _need_file(path: str, what: str) -> str:
@@ -77,7 +109,7 @@ def relabel(tracklets: list[Tracklet]) -> tuple[list[Tracklet], int]:
     """Map the ids of `tracklets` to 0..C-1 (sorted original order)."""
     ids = sorted({t.pid for t in tracklets})
     index = {pid: i for i, pid in enumerate(ids)}
-    return [Tracklet(t.frames, index[t.pid], t.camid) for t in tracklets], len(ids)
+    return [dataclasses.replace(t, pid=index[t.pid]) for t in tracklets], len(ids)
 
 
 class VideoDataset:

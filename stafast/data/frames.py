@@ -1,7 +1,8 @@
-"""Frames: reading an image file and turning frames into model input (the ImageNet normalisation).
+"""Frames: reading the frames a clip samples and turning them into model input (the ImageNet normalisation).
 
-Both pipelines use these: the torch path (loader.py) decodes with them, the DALI path (dali.py)
-normalises with the same constants and names unreadable frames with `read_image`.
+Both pipelines use these: the torch path (loader.py) decodes with `read_clip` (Pillow for frame
+files, PyAV for video files, video.py), the DALI path (dali.py) normalises with the same
+constants and names unreadable frames with `read_image`.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .datasets import DatasetError
+from .datasets import DatasetError, VideoTracklet
+from .video import read_clip as read_video_clip
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, of RGB in [0, 1]
 STD = (0.229, 0.224, 0.225)
@@ -33,6 +35,28 @@ def read_nearest(frames: tuple[str, ...], i: int) -> tuple[np.ndarray, int]:
         except DatasetError:
             continue
     raise DatasetError(f"no frame of the tracklet starting {frames[0]} can be read")
+
+
+def read_clip(t, idx: np.ndarray, on_error: str = "raise") -> tuple[np.ndarray, int]:
+    """The frames `idx` of tracklet `t` as (M, H, W, 3) uint8 (M = idx.size, in idx's order), and how
+    many were replaced.  on_error="raise" stops at the first unreadable frame with its path; "skip"
+    replaces it by the nearest readable frame of its tracklet and counts it (for a video file: the
+    frames past the end of a truncated file, see video.readable_indices)."""
+    idx = np.asarray(idx).ravel()
+    if isinstance(t, VideoTracklet):
+        return read_video_clip(t, idx, on_error)
+    loaded = []  # (image, replaced)
+    for i in map(int, idx):
+        if on_error == "raise":
+            loaded.append((read_image(t.frames[i]), 0))
+        else:
+            image, j = read_nearest(t.frames, i)
+            loaded.append((image, int(j != i)))
+    shapes = {im.shape for im, _ in loaded}
+    if len(shapes) > 1:  # frames of one tracklet with different sizes: bring them to the first one's
+        h0, w0 = loaded[0][0].shape[:2]
+        loaded = [(np.asarray(Image.fromarray(im).resize((w0, h0), Image.BILINEAR)), b) for im, b in loaded]
+    return np.stack([im for im, _ in loaded]), sum(b for _, b in loaded)
 
 
 def to_model_input(frames: np.ndarray, height: int, width: int, flip: bool) -> torch.Tensor:

@@ -7,11 +7,9 @@ DataLoader otherwise; both read the same frames for the same ClipPlan (see plan.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
-from PIL import Image
 
-from .frames import read_image, read_nearest, to_model_input
+from .frames import read_clip, to_model_input
 from .plan import ClipPlan, check_start
 
 PIPELINES = ("auto", "dali", "torch")
@@ -19,9 +17,9 @@ PIPELINES = ("auto", "dali", "torch")
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Samples of a ClipPlan from position `start` of the epoch on, decoded with Pillow.
-    on_error="raise" stops at the first unreadable frame with its path; "skip" replaces it by the
-    nearest readable frame of its tracklet and counts it."""
+    """Samples of a ClipPlan from position `start` of the epoch on, decoded with Pillow (frame
+    files) or PyAV (video files).  on_error="raise" stops at the first unreadable frame with its
+    path; "skip" replaces it by the nearest readable frame of its tracklet and counts it."""
 
     def __init__(self, plan: ClipPlan, height: int = 256, width: int = 128, on_error: str = "raise"):
         if on_error not in ("raise", "skip"):
@@ -35,22 +33,12 @@ class ClipDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return max(0, len(self.plan.order(self.epoch)) - self.start)
 
-    def _frame(self, frames: tuple[str, ...], i: int) -> tuple[np.ndarray, int]:
-        if self.on_error == "raise":
-            return read_image(frames[i]), 0
-        image, j = read_nearest(frames, i)
-        return image, int(j != i)
-
     def __getitem__(self, index: int) -> dict:
         t, idx, flip = self.plan.sample(self.epoch, self.start + index)
-        loaded = [self._frame(t.frames, int(i)) for i in idx.ravel()]
-        shapes = {im.shape for im, _ in loaded}
-        if len(shapes) > 1:  # frames of one tracklet with different sizes: bring them to the first one's
-            h0, w0 = loaded[0][0].shape[:2]
-            loaded = [(np.asarray(Image.fromarray(im).resize((w0, h0), Image.BILINEAR)), b) for im, b in loaded]
-        clip = to_model_input(np.stack([im for im, _ in loaded]), self.height, self.width, flip)
+        frames, bad = read_clip(t, idx, self.on_error)
+        clip = to_model_input(frames, self.height, self.width, flip)
         clip = clip.view(*idx.shape, 3, self.height, self.width)
-        return {"clips": clip, "pids": t.pid, "camids": t.camid, "bad_frames": sum(b for _, b in loaded)}
+        return {"clips": clip, "pids": t.pid, "camids": t.camid, "bad_frames": bad}
 
 
 def _collate(samples: list[dict]) -> dict:
@@ -118,16 +106,18 @@ def build_loader(plan: ClipPlan, batch_size: int, height: int = 256, width: int 
                  start: int = 0):
     """A clip loader for `plan`, set to batch `start` of epoch `start_epoch`: pipeline "dali",
     "torch" or "auto" (DALI when installed, except for "all" mode, whose variable clip counts per
-    tracklet the torch path handles).  On a CUDA `device` DALI decodes on the GPU ("mixed") and the
-    torch path pins its batches for asynchronous copies."""
+    tracklet the torch path handles, and for video codecs DALI cannot decode on this device, see
+    dali.dali_decodes).  On a CUDA `device` DALI decodes on the GPU ("mixed") and the torch path
+    pins its batches for asynchronous copies."""
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
-    use_dali = pipeline == "dali" or (pipeline == "auto" and dali_available() and plan.mode != "all")
+    from .dali import DALIClipLoader, dali_decodes
+    gpu = torch.device(device).type == "cuda"
+    use_dali = pipeline == "dali" or (pipeline == "auto" and dali_available() and plan.mode != "all"
+                                      and dali_decodes(plan, gpu) is None)
     if use_dali:
-        from .dali import DALIClipLoader
         return DALIClipLoader(plan, batch_size, height, width, workers=workers, on_error=on_error, device=device,
                               start_epoch=start_epoch, start=start)
-    loader = TorchClipLoader(plan, batch_size, height, width, workers, on_error,
-                             pin_memory=torch.device(device).type == "cuda")
+    loader = TorchClipLoader(plan, batch_size, height, width, workers, on_error, pin_memory=gpu)
     loader.set_epoch(start_epoch, start)
     return loader

@@ -4,6 +4,7 @@
     python -m stafast.data.synth --layout mars --out DIR --mars-structure ../shared/data/mars/info
     python -m stafast.data.synth --layout ilidsvid --out DIR
     python -m stafast.data.synth --layout prid2011 --out DIR --prid-splits ../shared/data/prid2011/splits_prid2011.json
+    python -m stafast.data.synth --layout videos --out DIR [--codec vp9|mjpeg|h264]
 
 People are drawn from an identity seed: head (skin, hair, optional hat), torso (colour and a
 texture: solid, stripes or checks), legs, shoes, and an optional bag on one side.  Across the
@@ -13,6 +14,12 @@ that part-based attention has something to find.  All randomness comes from --se
 
 `--mars-structure INFO` rebuilds the real MARS track tables (all 8,298 + 12,180 tracklets with
 their real pids, cameras and the 1,980 queries), with at most --max-frames tiny frames each.
+
+`--layout videos` writes the MARS-like set (same options) as one video file per tracklet,
+DIR/videos/train|test/PPPP_cC_tTT.EXT, with DIR/manifest.csv (path, pid, camid, split: see
+stafast/data/manifest.py): VP9 in WebM (default) or MJPEG in AVI, which DALI's CPU decoder
+takes, or H.264 in MP4 for GPU (NVDEC) decoding.  Queries are the first tracklet of each test id
+in each of its cameras; the gallery holds the others and the distractors (pid 0).
 """
 from __future__ import annotations
 
@@ -233,6 +240,43 @@ def make_mars_structure(out: str, info: str, max_frames: int = 1, size=(16, 8), 
     return out
 
 
+def make_videos(out: str, ids: int = 16, test_ids: int = 16, cameras: int = 3, tracklets: int = 2,
+                frames: tuple[int, int] = (8, 16), size=(128, 64), distractors: int = 4, seed: int = 0,
+                occlusion: float = 0.3, codec: str = "vp9", gop: int = 25) -> str:
+    """The MARS-like synthetic set as video files + manifest.csv (see the module doc)."""
+    from .manifest import write_manifest
+    from .video import ENCODERS, write_video
+    if codec not in ENCODERS:
+        raise ValueError(f"codec must be one of {tuple(ENCODERS)}, got {codec!r}")
+    rng = np.random.default_rng(seed)
+    h, w = size
+    rows = []
+
+    def tracks(pids, split):
+        for pid in pids:
+            cams = sorted(rng.choice(np.arange(1, cameras + 1), size=int(rng.integers(min(2, cameras), cameras + 1)),
+                          replace=False))
+            for cam in cams:
+                for t in range(1, tracklets + 1):
+                    query = split == "test" and t == 1 and len(cams) >= 2 and pid > 0
+                    yield int(pid), int(cam), t, "train" if split == "train" else "query" if query else "gallery"
+
+    plan = list(tracks(range(1, ids + 1), "train")) + list(tracks(range(ids + 1, ids + test_ids + 1), "test"))
+    plan += [(0, int(rng.integers(1, cameras + 1)), t + 1, "gallery") for t in range(distractors)]
+    for n, (pid, cam, t, split) in enumerate(plan):
+        folder = os.path.join("videos", "train" if split == "train" else "test")
+        os.makedirs(os.path.join(out, folder), exist_ok=True)
+        rel = os.path.join(folder, f"{pid:04d}_c{cam}_t{t:02d}{ENCODERS[codec][1]}")
+        style = person_style(seed * 100003 + pid if pid > 0 else seed * 7919 + n)
+        frame_rng = np.random.default_rng([seed, n, 3])
+        count = int(rng.integers(frames[0], frames[1] + 1))
+        write_video(os.path.join(out, rel), [render(style, h, w, cam, i, frame_rng, occlusion) for i in range(count)],
+                    codec, gop=gop)
+        rows.append({"path": rel, "pid": pid, "camid": cam, "split": split})
+    write_manifest(os.path.join(out, "manifest.csv"), rows)
+    return out
+
+
 def make_ilidsvid(out: str, persons: int = 300, frames: tuple[int, int] = (4, 8), size=(128, 64), splits: int = 10,
                   seed: int = 0, occlusion: float = 0.3) -> str:
     """i-LIDS-VID/sequences/cam1|cam2/personNNN/camC_personNNN_FFFFF.png + the ls_set split file."""
@@ -288,12 +332,15 @@ def make_prid2011(out: str, splits_file: str | None = None, cam_a: int = 385, ca
 
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layout", required=True, choices=["mars", "ilidsvid", "prid2011"])
+    p.add_argument("--layout", required=True, choices=["mars", "ilidsvid", "prid2011", "videos"])
     p.add_argument("--out", required=True)
-    p.add_argument("--ids", type=int, default=16, help="mars: training ids")
-    p.add_argument("--test-ids", type=int, default=16, help="mars: test ids")
-    p.add_argument("--cameras", type=int, default=3, help="mars: cameras (at most 6)")
-    p.add_argument("--tracklets", type=int, default=2, help="mars: tracklets per id and camera")
+    p.add_argument("--ids", type=int, default=16, help="mars, videos: training ids")
+    p.add_argument("--test-ids", type=int, default=16, help="mars, videos: test ids")
+    p.add_argument("--cameras", type=int, default=3, help="mars, videos: cameras (at most 6)")
+    p.add_argument("--tracklets", type=int, default=2, help="mars, videos: tracklets per id and camera")
+    p.add_argument("--codec", default="vp9", choices=["vp9", "mjpeg", "h264"],
+                   help="videos: VP9/WebM or MJPEG/AVI (DALI decodes both on the CPU), H.264/MP4 (GPU only in DALI)")
+    p.add_argument("--gop", type=int, default=25, help="videos: a keyframe at least every GOP frames")
     p.add_argument("--persons", type=int, default=300, help="ilidsvid: persons")
     p.add_argument("--min-frames", type=int, default=8)
     p.add_argument("--max-frames", type=int, help="default 16 (--mars-structure: 1)")
@@ -315,6 +362,9 @@ def main(argv=None) -> str:
         out = make_mars_structure(a.out, a.mars_structure, a.max_frames, size, a.seed)
     elif a.layout == "mars":
         out = make_mars(a.out, a.ids, a.test_ids, a.cameras, a.tracklets, frames, size, seed=a.seed, occlusion=a.occlusion)
+    elif a.layout == "videos":
+        out = make_videos(a.out, a.ids, a.test_ids, a.cameras, a.tracklets, frames, size, seed=a.seed,
+                          occlusion=a.occlusion, codec=a.codec, gop=a.gop)
     elif a.layout == "ilidsvid":
         out = make_ilidsvid(a.out, a.persons, frames, size, seed=a.seed, occlusion=a.occlusion)
     else:
