@@ -406,13 +406,15 @@ def run_epoch(run: Run, stage: Stage, epoch: int) -> bool:
             log(run, stage, epoch, bar)
         if cfg.checkpoint_every and run.global_step % cfg.checkpoint_every == 0:
             save_checkpoint(run, stage, epoch, position)
-        if cfg.max_steps and run.global_step >= cfg.max_steps:
+        if cfg.max_steps and run.global_step >= cfg.max_steps and position < len(stage.loader):
             save_checkpoint(run, stage, epoch, position)
             bar.close()
             return False
     bar.close()
+    # an epoch whose last step is the run's last (--max-steps) still ends: its record in
+    # metrics.json, its evaluation when due, and a checkpoint at the next epoch's start
     end_epoch(run, stage, epoch, clips_seen / (time.perf_counter() - t0) if clips_seen else None)
-    return True
+    return not (cfg.max_steps and run.global_step >= cfg.max_steps)
 
 
 def log(run: Run, stage: Stage, epoch: int, bar=None) -> None:

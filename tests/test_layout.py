@@ -1,6 +1,8 @@
-"""The package's import graph has no circles (layout.md: imports only go downwards)."""
+"""The package's import graph has no circles (layout.md: imports only go downwards), and its command lines run."""
 import ast
 import os
+import subprocess
+import sys
 
 import stafast
 
@@ -77,3 +79,18 @@ def test_lower_floors_do_not_import_the_upper_ones():
             assert not targets & top, (m, targets & top)
     for cli in ("stafast.evaluate", "stafast.visualize", "stafast.embed"):
         assert "stafast.train" not in g[cli], cli
+
+
+def test_every_command_line_runs_as_a_module():
+    """`python -m <cli> --help` for each module with a command line, with runpy's warning that the
+    module was already imported by its package (it would then run twice, as two modules) an error."""
+    clis = sorted(m for m, p in ((module_name(os.path.join(f, n)), os.path.join(f, n))
+                                 for f, _, names in os.walk(ROOT) for n in names if n.endswith(".py"))
+                  if '__name__ == "__main__"' in open(p).read())
+    clis.append("stafast.kernels.aot")  # kernels/ is installed as stafast.kernels
+    assert {"stafast.train", "stafast.data.synth"} <= set(clis)
+    procs = {m: subprocess.Popen([sys.executable, "-W", "error:'stafast:RuntimeWarning", "-m", m, "--help"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for m in clis}
+    for m, p in procs.items():
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and "usage:" in out, f"python -m {m} --help: exit {p.returncode}\n{err[-2000:]}"

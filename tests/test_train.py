@@ -82,23 +82,24 @@ def uninterrupted(root, tmp_path_factory, schedule):
     return _uninterrupted[schedule]
 
 
-@pytest.mark.parametrize("schedule, max_steps, where", [
-    ("one stage", 4, (0, 1, 2)),    # the scenario: the last step of the last epoch, then the same + --resume
-    ("one stage", 2, (0, 0, 2)),    # the last step of an epoch, with more to come
-    ("one stage", 3, (0, 1, 1)),    # mid-epoch
-    ("two stages", 2, (0, 0, 2)),   # the last step of a stage
-    ("two stages", 3, (1, 0, 1)),   # mid-way into the second stage
+@pytest.mark.parametrize("schedule, max_steps, where, ended", [
+    ("one stage", 4, (0, 2, 0), 2),   # the scenario: the last step of the last epoch, then the same + --resume
+    ("one stage", 2, (0, 1, 0), 1),   # the last step of an epoch, with more to come: the epoch still ends
+    ("one stage", 3, (0, 1, 1), 1),   # mid-epoch
+    ("two stages", 2, (0, 1, 0), 1),  # the last step of a stage
+    ("two stages", 3, (1, 0, 1), 1),  # mid-way into the second stage
 ])
 def test_resume_from_max_steps_ends_with_the_weights_of_an_uninterrupted_run(tiny_root, tmp_path, tmp_path_factory,
-                                                                            schedule, max_steps, where):
+                                                                            schedule, max_steps, where, ended):
     flags = [*SCHEDULES[schedule], "--deterministic", "--no-eval", "--loss", "oim"]
     stopped = run(tiny_root, tmp_path, *flags, "--max-steps", str(max_steps))
     assert stopped["stopped"]
     state = final_state(tmp_path)
     assert (state["stage_index"], state["epoch"], state["step"]) == where
+    # every epoch that ran to its last step has its record, the one --max-steps ended included
+    assert len(json.load(open(tmp_path / "metrics.json"))["history"]) == ended
     # The same command again with --resume: --max-steps is already reached, so the run only finishes
-    # the epoch it stopped in (all of the run when that was its last step); then without the limit
-    # it runs to the end.
+    # an epoch it stopped in the middle of; then without the limit it runs to the end.
     again = run(tiny_root, tmp_path, *flags, "--max-steps", str(max_steps), "--resume")
     assert again["stopped"] == (max_steps < 4)
     resumed = run(tiny_root, tmp_path, *flags, "--resume")

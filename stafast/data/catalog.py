@@ -2,7 +2,6 @@
 by a manifest, and the synthetic set."""
 from __future__ import annotations
 
-from . import synth
 from .datasets import DATASETS, MARS, VideoDataset
 from .manifest import VideoFiles
 
@@ -14,6 +13,7 @@ def load_dataset(name: str, root: str | None = None, split: int = 0, protocol: s
     a folder to generate it into or read it from, by default a cache; see synth.cached_mars);
     "videos" is a folder of video files with its manifest (see manifest.py)."""
     if name == "synthetic":
+        from . import synth  # here, not at the top: `python -m stafast.data.synth` must not find it imported
         return MARS(synth.cached_mars(root), protocol)
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; expected one of {DATASET_NAMES}")
