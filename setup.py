@@ -76,8 +76,8 @@ setup(
     packages=PACKAGES,
     package_dir={"stafast.kernels": "kernels"},
     install_requires=["torch>=2.6", "torchvision", "numpy", "scipy", "tqdm", "pillow", "tensorboard", "matplotlib"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "av", "onnx", "onnxruntime", "onnxscript"],
-                    "dali": ["nvidia-dali-cuda130"], "video": ["av"], "export": ["onnx", "onnxscript"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "av>=17", "onnx", "onnxruntime", "onnxscript"],
+                    "dali": ["nvidia-dali-cuda130"], "video": ["av>=17"], "export": ["onnx", "onnxscript"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -2,6 +2,9 @@
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -189,6 +192,36 @@ def test_truncated_video_raises_with_its_path_or_is_skipped(mjpeg_set, tmp_path,
     for i in range(bad.readable, n):  # the missing frames are the last readable one
         torch.testing.assert_close(batch["clips"][0, i], last, rtol=0, atol=1e-4)
     assert not torch.equal(batch["clips"][0, 0], last)
+
+
+FORK_AFTER_CONVERSION = """
+import sys
+import av
+from stafast.data import ClipPlan, build_loader
+from stafast.data.video import video_tracklet
+t = video_tracklet(sys.argv[1], 1, 1)
+with av.open(sys.argv[1]) as c:  # a conversion in the parent, with PyAV's default (multithreaded) swscale
+    next(c.decode(video=0)).to_ndarray(format="rgb24")
+(batch,) = list(build_loader(ClipPlan([t], 3, "test"), 1, 32, 16, pipeline="torch", workers=1))
+print("x".join(map(str, batch["clips"].shape)))
+"""
+
+
+def test_torch_workers_decode_videos_after_the_parent_converted_a_frame(tmp_path):
+    """With PyAV >= 19 (FFmpeg 9), a worker forked after its parent converted a frame blocks in its
+    own first conversion; video plans therefore start their workers from a forkserver."""
+    from stafast.data.loader import worker_context
+    path = write_video(str(tmp_path / "v.webm"), frames_of(5), "vp9")
+    assert worker_context(ClipPlan([video_tracklet(path, 1, 1)], 3, "test"), 1).get_start_method() == "forkserver"
+    assert worker_context(ClipPlan([video_tracklet(path, 1, 1)], 3, "test"), 0) is None
+    proc = subprocess.Popen([sys.executable, "-c", FORK_AFTER_CONVERSION, path], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the parent and its blocked worker
+        pytest.fail("the DataLoader worker blocked in its first frame conversion (forked after the parent's)")
+    assert proc.returncode == 0 and out.split()[-1] == "1x3x3x32x16", err[-2000:]
 
 
 def test_video_shorter_than_the_clip_repeats_its_frames(tmp_path):

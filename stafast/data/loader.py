@@ -7,8 +7,11 @@ DataLoader otherwise; both read the same frames for the same ClipPlan (see plan.
 """
 from __future__ import annotations
 
+import multiprocessing
+
 import torch
 
+from .datasets import VideoTracklet
 from .frames import read_clip, to_model_input
 from .plan import ClipPlan, check_start
 
@@ -87,10 +90,24 @@ class TorchClipLoader:
         generator = torch.Generator().manual_seed(self.dataset.plan.seed * 100_003 + self.epoch)
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False,
                                              num_workers=self.workers, collate_fn=_collate, drop_last=self.drop_last,
-                                             persistent_workers=False, pin_memory=self.pin_memory, generator=generator)
+                                             persistent_workers=False, pin_memory=self.pin_memory, generator=generator,
+                                             multiprocessing_context=worker_context(self.dataset.plan, self.workers))
         for batch in loader:
             self.bad_frames += batch["bad_frames"]
             yield batch
+
+
+def worker_context(plan, workers: int):
+    """How the DataLoader starts its workers: forked (the default) for frame files; from a
+    forkserver for video files.  Once a process has converted a frame with a multithreaded
+    swscale (PyAV >= 19 with FFmpeg 9 does by default, for any conversion), a child forked from
+    it blocks in its own first conversion.  The forkserver is a fresh process that has imported
+    this module (torch, not PyAV), so workers still start without importing torch each."""
+    if workers == 0 or not any(isinstance(t, VideoTracklet) for t in plan.tracklets):
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # takes effect when the server starts, once per process
+    return context
 
 
 def dali_available() -> bool:

@@ -39,11 +39,17 @@ CPU_CODECS = ("vp8", "vp9", "mjpeg")
 GPU_CODECS = CPU_CODECS + ("h264", "hevc", "av1", "mpeg4")
 
 
+AV_MIN = (17, 0)  # VideoFrame.reformat(threads=...)
+
+
 def _av(path: str):
     try:
         import av
     except ImportError:
-        raise DatasetError(f"cannot read video {path}: PyAV is not installed (pip install av)") from None
+        raise DatasetError(f"cannot read video {path}: PyAV is not installed (pip install 'av>=17')") from None
+    if tuple(int(p) for p in av.__version__.split(".")[:2]) < AV_MIN:
+        raise DatasetError(f"cannot read video {path}: PyAV {av.__version__} is installed, stafast needs av>=17 "
+                           f"(pip install -U av)")
     return av
 
 
@@ -122,8 +128,9 @@ def to_rgb(frame) -> np.ndarray:
     from av.video.reformatter import Interpolation
     flags = Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT | Interpolation.ACCURATE_RND | Interpolation.BITEXACT
     full_range = frame.format.name.startswith("yuvj") or frame.color_range == 2  # AVCOL_RANGE_JPEG
+    # threads=1: one thread per worker, as for decoding (PyAV >= 17 picks a thread count per CPU otherwise)
     return frame.reformat(format="rgb24", src_colorspace="ITU601", src_color_range="JPEG" if full_range else "MPEG",
-                          interpolation=flags).to_ndarray()
+                          interpolation=flags, threads=1).to_ndarray()
 
 
 def _packets_to_decode(packets, wanted: list[int], rank: list[int]) -> list[bool]:
