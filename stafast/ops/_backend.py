@@ -12,7 +12,6 @@ torch.compile'd code (the op is opaque to the compiler).
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import importlib
 import os
 import warnings
@@ -22,7 +21,10 @@ import torch
 
 BACKENDS = ("reference", "triton", "ext")
 _AUTO_ORDER = {"cuda": ("triton", "ext", "reference"), "cpu": ("ext", "reference")}
-_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("stafast_backend", default=None)
+# The backend chosen by `backend()`: a module global, not a ContextVar, because torch.compile
+# guards on a global's value (a new choice recompiles) in every torch we support, while torch 2.11
+# (the GPU machine's) cannot trace ContextVar.get at all. So the choice is per process, not per thread.
+_override: str | None = None
 _broken: dict[str, str] = {}  # backend -> why it failed at run time (auto mode falls back)
 _probe: dict[str, str | None] = {}  # backend -> None if importable, else the reason
 
@@ -77,15 +79,16 @@ def _check_name(name: str) -> str:
 @contextlib.contextmanager
 def backend(name: str):
     """Run the stafast ops inside this block with backend `name` ("auto", "reference", "triton", "ext")."""
-    token = _override.set(_check_name(name))
+    global _override
+    previous, _override = _override, _check_name(name)
     try:
         yield
     finally:
-        _override.reset(token)
+        _override = previous
 
 
 def requested() -> str:
-    name = _override.get() or os.environ.get("STAFAST_BACKEND") or "auto"
+    name = _override or os.environ.get("STAFAST_BACKEND") or "auto"
     return _check_name(name.strip().lower())
 
 

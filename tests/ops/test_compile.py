@@ -40,3 +40,23 @@ def test_reference_backend_is_traced_inline_under_compile():
     assert not any("stafast" in t for t in seen), seen
     with ops.backend("reference"):
         close(out, head(logits, feats, bias), torch.float32, "loss")
+
+
+def test_changing_the_backend_recompiles():
+    """The backend is read at trace time and guarded on: a compiled function called again under
+    another backend is traced again (the reference inline, the others as the registered ops)."""
+    logits, feats = ssp_inputs((6, 2, 7, 5), torch.float32)
+    _, bias, _ = fa_inputs((2, 3, 2, 5), torch.float32)
+    graphs = []
+
+    def spy(gm, example_inputs):
+        graphs.append({str(n.target) for n in gm.graph.nodes if n.op == "call_function"})
+        return gm
+    compiled = torch.compile(head, fullgraph=True, backend=spy)
+    with ops.backend("reference"):
+        compiled(logits, feats, bias)
+    compiled(logits, feats, bias)  # auto: the registered ops
+    with ops.backend("reference"):
+        compiled(logits, feats, bias)  # the first graph again, no new trace
+    assert len(graphs) == 2
+    assert not any("stafast" in t for t in graphs[0]) and any("stafast" in t for t in graphs[1]), graphs
