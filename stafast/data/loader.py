@@ -11,7 +11,7 @@ import multiprocessing
 
 import torch
 
-from .datasets import VideoTracklet
+from .datasets import is_video
 from .frames import read_clip, to_model_input
 from .plan import ClipPlan, check_start
 
@@ -103,7 +103,7 @@ def worker_context(plan, workers: int):
     swscale (PyAV >= 19 with FFmpeg 9 does by default, for any conversion), a child forked from
     it blocks in its own first conversion.  The forkserver is a fresh process that has imported
     this module (torch, not PyAV), so workers still start without importing torch each."""
-    if workers == 0 or not any(isinstance(t, VideoTracklet) for t in plan.tracklets):
+    if workers == 0 or not is_video(plan.tracklets):
         return None
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])  # takes effect when the server starts, once per process
