@@ -40,16 +40,18 @@ GPU_CODECS = CPU_CODECS + ("h264", "hevc", "av1", "mpeg4")
 
 
 AV_MIN = (17, 0)  # VideoFrame.reformat(threads=...)
+_AV_REQUIREMENT = "av>=" + ".".join(map(str, AV_MIN))
 
 
 def _av(path: str):
     try:
         import av
     except ImportError:
-        raise DatasetError(f"cannot read video {path}: PyAV is not installed (pip install 'av>=17')") from None
+        raise DatasetError(f"cannot read video {path}: PyAV is not installed "
+                           f"(pip install '{_AV_REQUIREMENT}')") from None
     if tuple(int(p) for p in av.__version__.split(".")[:2]) < AV_MIN:
-        raise DatasetError(f"cannot read video {path}: PyAV {av.__version__} is installed, stafast needs av>=17 "
-                           f"(pip install -U av)")
+        raise DatasetError(f"cannot read video {path}: PyAV {av.__version__} is installed, stafast needs "
+                           f"{_AV_REQUIREMENT} (pip install -U av)")
     return av
 
 
