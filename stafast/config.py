@@ -43,7 +43,7 @@ class TrainConfig:
     root: str | None = _opt(None, "dataset root in its published layout (synthetic: optional cache folder)", "data")
     split: int = _opt(0, "iLIDS-VID / PRID2011 split 0..9", "data")
     output: str = _opt("runs/stafast", "output folder: checkpoint.pt, metrics.json, tb/", "data")
-    protocol: str = _opt("official", "MARS evaluation protocol", "data", PROTOCOLS)
+    protocol: str = _opt("official", "MARS evaluation protocol", "data", tuple(PROTOCOLS))
 
     arch: str = _opt("resnet50", "ResNet backbone", MODEL, tuple(ARCHS))
     backbone_weights: str | None = _opt(

@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import scipy.io
 
-from stafast.metrics import evaluate, ranks
+from stafast.metrics import AP_RULES, PROTOCOLS, Protocol, chance_rank1, evaluate, get_protocol, ranks
 
 from .conftest import shared_data
-
 
 
 def official_loop(dist, qp, gp, qc, gc):
@@ -107,3 +106,42 @@ def test_bad_inputs():
         evaluate(np.zeros((1, 1)), [1], [1], [1], [2], "market")
     with pytest.raises(ValueError, match=r"distmat must be \(num_query, num_gallery\) = \(2, 3\)"):
         evaluate(np.zeros((1, 3)), [1, 2], [1, 2, 3], [1, 1], [2, 2, 2])
+
+
+def test_registry_entries_are_complete():
+    assert {"official", "toolbox"} <= set(PROTOCOLS)
+    for name, p in PROTOCOLS.items():
+        assert p.name == name and p.source and p.ap in AP_RULES and callable(p.masks), name
+    assert get_protocol(PROTOCOLS["toolbox"]) is PROTOCOLS["toolbox"]
+
+
+def _other_clothes(q, g):
+    """A protocol reading an extra attribute: same-clothes matches of the query's pid are removed."""
+    same_id = q["pids"] == g["pids"]
+    keep = ~(same_id & ((q["camids"] == g["camids"]) | (q["clothes"] == g["clothes"])))
+    return keep, same_id & keep
+
+
+OTHER_CLOTHES = Protocol("other-clothes", "a test", _other_clothes, skip_unmatched=True, ap="non-interpolated",
+                         attrs=("clothes",))
+
+
+def test_a_protocol_with_an_extra_attribute():
+    # gallery: 0 same pid other cam same clothes (removed), 1 other pid, 2 same pid other cam other clothes
+    dist = np.array([[0.1, 0.2, 0.3]])
+    args = (dist, [4], [4, 5, 4], [1], [2, 2, 2], OTHER_CLOTHES)
+    r = evaluate(*args, q_attrs={"clothes": [7]}, g_attrs={"clothes": [7, 7, 8]})
+    assert r["mAP"] == pytest.approx(1 / 2) and r["cmc"].tolist() == [0, 1, 1] and r["protocol"] == "other-clothes"
+    assert chance_rank1([4], [4, 5, 4], [1], [2, 2, 2], OTHER_CLOTHES, q_attrs={"clothes": [7]},
+                        g_attrs={"clothes": [7, 7, 8]}) == pytest.approx(1 / 2)
+    with pytest.raises(ValueError, match=r"protocol 'other-clothes' needs g_attrs with \['clothes'\]"):
+        evaluate(*args, q_attrs={"clothes": [7]})
+    with pytest.raises(ValueError, match="g ids must all have one length"):
+        evaluate(*args, q_attrs={"clothes": [7]}, g_attrs={"clothes": [7, 7]})
+
+
+def test_masks_that_break_the_protocol_rules_are_refused():
+    every_item_good = Protocol("bad", "a test", lambda q, g: (q["pids"] == q["pids"], g["pids"] >= 0), False,
+                               "trapezoid")
+    with pytest.raises(ValueError, match="a good match must be kept and be the query's pid"):
+        evaluate(np.zeros((1, 2)), [1], [1, 2], [1], [2, 2], every_item_good)

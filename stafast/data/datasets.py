@@ -132,7 +132,7 @@ MARS_NAME = re.compile(r"^(\d{4}|00-1)C(\d)T(\d{4})F(\d{3})\.jpg$")
 
 class MARS(VideoDataset):
     name = "mars"
-    PROTOCOLS = PROTOCOLS
+    PROTOCOLS = tuple(PROTOCOLS)
 
     def __init__(self, root: str, protocol: str = "official", check_files: bool = True):
         if protocol not in self.PROTOCOLS:
