@@ -36,7 +36,7 @@ def _step_fn(model, forward, variant):
     def step(*inputs):
         with ops.backend(backend), torch.autocast(DEVICE, dtype=AMP, enabled=AMP is not None):
             out = fn(*inputs)
-        loss = criterion(out.embedding, torch.arange(out.embedding.shape[0], device=DEVICE) % 64) + out.diversity
+        loss = criterion(out.embedding, torch.arange(out.embedding.shape[0], device=DEVICE) % 64) + out.diversity_loss
         loss.backward()
         return loss
     return step

@@ -1,6 +1,7 @@
 """Checkpoints of stafast.train: written atomically, read back with their typed configuration.
 
 A checkpoint is a dict saved with torch.save:
+  format        FORMAT: which layout this is (load_checkpoint reads the formats in READERS)
   config        TrainConfig.to_dict() of the run
   model_config  the STA constructor arguments of its stage (load_model builds the model from these)
   model, criterion, optimizer, scheduler   state dicts
@@ -20,9 +21,12 @@ import numpy as np
 import torch
 
 from .config import TrainConfig
-from .models import STA, build_model, upgrade_state_dict
+from .models import STA, build_model
 
-FORMAT = 2  # 1: the configuration saved as vars(argparse.Namespace) under "args"
+# 3: the STA submodules spatial_attention, frame_enhancement, temporal_attention; model_config with
+# spatial_pooling, diversity_kind, temporal_pooling (config fields of the same names).
+# Formats 1 and 2 (before that renaming) were never released: they are refused with what to do.
+FORMAT = 3
 
 
 def save_atomic(obj, path: str) -> None:
@@ -54,13 +58,12 @@ def set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def _legacy_config(args: dict, path: str) -> TrainConfig:
-    """The TrainConfig of a format-1 checkpoint (argparse names; --no-enhance stored as no_enhance)."""
-    known = {f for f in TrainConfig.__dataclass_fields__}
-    d = {k: v for k, v in args.items() if k in known}
-    if "no_enhance" in args:
-        d["enhance"] = not args["no_enhance"]
-    return TrainConfig.from_dict(d, source=path)
+def _read_format3(state: dict, path: str) -> dict:
+    state["config"] = TrainConfig.from_dict(state["config"], source=path)
+    return state
+
+
+READERS = {3: _read_format3}  # format -> the reader of its layout: a new format adds one entry
 
 
 def load_checkpoint(path: str) -> dict:
@@ -70,13 +73,13 @@ def load_checkpoint(path: str) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
         raise ValueError(f"{path} is not a stafast.train checkpoint (keys 'model' and 'model_config' expected)")
-    if "config" in state:
-        state["config"] = TrainConfig.from_dict(state["config"], source=path)
-    elif "args" in state:
-        state["config"] = _legacy_config(state.pop("args"), path)
-    else:
-        raise ValueError(f"{path}: a stafast.train checkpoint without its training configuration ('config')")
-    return state
+    fmt = state.get("format")
+    if fmt not in READERS:
+        written = f"format {fmt}" if fmt is not None else "no format field: an unreleased layout from before format 3"
+        raise ValueError(f"{path}: a stafast.train checkpoint of {written}; this version reads formats "
+                         f"{sorted(READERS)} only. Train it again with this version (python -m stafast.train ...), "
+                         "or use the stafast version that wrote it")
+    return READERS[fmt](state, path)
 
 
 def load_model(path: str, device: str = "cpu") -> tuple[STA, dict]:
@@ -84,7 +87,7 @@ def load_model(path: str, device: str = "cpu") -> tuple[STA, dict]:
     (load_checkpoint's dict: its "config" holds frames, height, width... of the run)."""
     state = load_checkpoint(path)
     cfg = state["model_config"]
-    heads = upgrade_state_dict(state["model"]).get("spatial.out_weight")
+    heads = state["model"].get("spatial_attention.out_weight")
     if heads is not None and heads.shape[0] != cfg.get("num_heads", heads.shape[0]):
         raise ValueError(f"{path}: its weights have K={heads.shape[0]} spatial heads but its model_config says "
                          f"num_heads={cfg['num_heads']}")

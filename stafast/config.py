@@ -18,7 +18,10 @@ from . import ops
 from .data import DATASET_NAMES, PIPELINES
 from .losses import ID_LOSSES
 from .metrics import PROTOCOLS
-from .models import ABLATIONS, ARCHS, DIVERSITY, ENHANCE_SCALES, TEMPORAL
+from .models import ABLATIONS, ARCHS, DIVERSITY_KINDS, SPATIAL_POOLINGS, TEMPORAL_POOLINGS, with_ablation
+from .models.backbone import LAST_STRIDES
+from .nn import ENHANCE_SCALES
+from .ops._checks import choice
 
 AMP = ("bf16", "fp16", "none")
 STAGES = (1, 2, 3, 4)
@@ -49,15 +52,21 @@ class TrainConfig:
     backbone_weights: str | None = _opt(
         None, "backbone start: a torchvision ResNet state dict (.pth) on this machine, or 'imagenet' for "
               "torchvision's ImageNet weights (downloaded once into the torch hub cache); default: random", MODEL)
-    last_stride: int = _opt(2, "stride of res5 (1: a 16x8 grid at 256x128)", MODEL, (1, 2))
+    last_stride: int = _opt(2, "stride of res5 (1: a 16x8 grid at 256x128)", MODEL, LAST_STRIDES)
     frames: int = _opt(6, "N frames per clip", MODEL)
     heads: int = _opt(6, "K spatial attention models", MODEL)
     hidden: int = _opt(256, "d of Eq. 1", MODEL)
     embed_dim: int = _opt(128, "size of the L2-normalised embedding", MODEL)
-    ablation: str | None = _opt(None, "a Table 1 row (overrides the model flags below)", MODEL, tuple(sorted(ABLATIONS)))
-    diversity: str = _opt("hellinger", "diversity penalty: Q (Eq. 9), Q' (Eq. 10) or none", MODEL, DIVERSITY)
+    ablation: str | None = _opt(
+        None, "a Table 1 row: sets --spatial-pooling, --diversity-kind, --temporal-pooling and --enhance as that row "
+              "does; a flag may repeat the row's value but not contradict it (an error)", MODEL, tuple(ABLATIONS))
+    spatial_pooling: str = _opt("attention", "spatial pooling of each frame: the K heads of Eqs. 1-3, or avg (Table "
+                                             "1's baseline: global average pooling, K = 1)", MODEL, SPATIAL_POOLINGS)
+    diversity_kind: str = _opt("hellinger", "diversity penalty: Q (Eq. 9), Q' (Eq. 10) or none", MODEL,
+                               DIVERSITY_KINDS)
     diversity_weight: float = _opt(1.0, "coefficient of Q in the loss", MODEL)
-    temporal: str = _opt("attention", "temporal pooling (Eqs. 11-13, or average / max)", MODEL, TEMPORAL)
+    temporal_pooling: str = _opt("attention", "temporal pooling (Eqs. 11-13, or average / max)", MODEL,
+                                 TEMPORAL_POOLINGS)
     enhance: bool = _opt(True, "the frame enhancement E of Eq. 4", MODEL)
     enhance_scale: str = _opt("sqrt", "scale of X X^T in the enhancement (sqrt: 1/sqrt(D))", MODEL, ENHANCE_SCALES)
     height: int = _opt(256, "input height", MODEL)
@@ -102,8 +111,10 @@ class TrainConfig:
         problems = []
         for f in dataclasses.fields(self):
             choices, value = f.metadata["choices"], getattr(self, f.name)
-            if choices is not None and value is not None and value not in choices:
-                problems.append(f"{f.name}={value!r} is not one of {choices}")
+            if choices is not None and value is not None:
+                problems += _problem(choice, "TrainConfig", f.name, value, tuple(choices))
+        if not problems:
+            problems += _problem(with_ablation, self.ablation, {k: getattr(self, k) for k in ABLATION_FIELDS})
         if not self.stages or any(s not in STAGES for s in self.stages):
             problems.append(f"stages={self.stages}: each must be one of {STAGES}")
         if len(self.epochs) != len(self.stages) or any(e < 0 for e in self.epochs):
@@ -119,11 +130,14 @@ class TrainConfig:
             raise ValueError("invalid training configuration: " + "; ".join(problems))
 
     @classmethod
-    def create(cls, dataset: str = "synthetic", **overrides) -> "TrainConfig":
-        """The configuration for `dataset`: the paper's defaults, or SYNTHETIC's for "synthetic",
-        then `overrides` (None values are left at those defaults)."""
-        preset = SYNTHETIC if dataset == "synthetic" else {}
-        return cls(dataset=dataset, **{**preset, **{k: v for k, v in overrides.items() if v is not None}})
+    def create(cls, dataset: str = "synthetic", ablation: str | None = None, **overrides) -> "TrainConfig":
+        """The configuration for `dataset`: the paper's defaults, or SYNTHETIC's for "synthetic", then
+        the fields of Table 1 row `ablation`, then `overrides` (None values are left at those), which
+        must not contradict the row (stafast.models.with_ablation)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        preset = {**(SYNTHETIC if dataset == "synthetic" else {}),
+                  **with_ablation(ablation, {k: v for k, v in given.items() if k in ABLATION_FIELDS})}
+        return cls(dataset=dataset, ablation=ablation, **{**preset, **given})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -138,6 +152,18 @@ class TrainConfig:
     @property
     def batch_size(self) -> int:
         return self.ids_per_batch * self.tracklets_per_id
+
+
+ABLATION_FIELDS = tuple(dict.fromkeys(k for row in ABLATIONS.values() for k in row))  # the fields a row sets
+
+
+def _problem(check, *args) -> list[str]:
+    """[] when check(*args) passes, else [its ValueError's message]."""
+    try:
+        check(*args)
+        return []
+    except ValueError as e:
+        return [str(e)]
 
 
 def field_types() -> dict[str, type]:

@@ -49,7 +49,7 @@ class EmbeddingModel(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = copy.deepcopy(model).eval()
-        self.model.diversity = None
+        self.model.diversity_penalty = None
 
     def forward(self, clips: Tensor) -> Tensor:
         return self.model(clips).embedding
@@ -79,7 +79,7 @@ def export(checkpoint: str, fmt: str, output: str, frames: int | None = None, he
     for name, value in (("frames", frames), ("height", height), ("width", width)):
         if value < 1:
             raise ValueError(f"--{name} must be >= 1, got {value}")
-    if model.enhance is not None and frames != model.num_frames:
+    if model.frame_enhancement is not None and frames != model.num_frames:
         raise ValueError(f"--frames {frames}: the model of {checkpoint} was built for N={model.num_frames} frames "
                          "(its frame enhancement is N x N)")
     program = export_program(model, frames, height, width)

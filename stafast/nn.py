@@ -18,9 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
+from .ops._checks import choice
 from .ops.diversity_penalty import KINDS, REDUCTIONS
 
-__all__ = ["DiversityPenalty", "FrameEnhancement", "SpatialAttention", "TemporalAttention"]
+__all__ = ["ENHANCE_SCALES", "DiversityPenalty", "FrameEnhancement", "SpatialAttention", "TemporalAttention"]
+
+ENHANCE_SCALES = ("sqrt", "none")  # FrameEnhancement's scale of X X^T: 1/sqrt(D), or 1 (the supplementary's)
 
 
 def _check_last_dim(module: str, name: str, x: Tensor, dims: int, layout: str, size: int, what: str) -> None:
@@ -79,9 +82,8 @@ class DiversityPenalty(nn.Module):
 
     def __init__(self, kind: str = "hellinger", reduction: str = "mean"):
         super().__init__()
-        for name, value, options in (("kind", kind, KINDS), ("reduction", reduction, REDUCTIONS)):
-            if value not in options:
-                raise ValueError(f"DiversityPenalty: {name} must be one of {options}, got {value!r}")
+        choice("DiversityPenalty", "kind", kind, KINDS)
+        choice("DiversityPenalty", "reduction", reduction, REDUCTIONS)
         self.kind, self.reduction = kind, reduction
 
     def forward(self, attn: Tensor) -> Tensor:
@@ -114,8 +116,7 @@ class FrameEnhancement(nn.Module):
         super().__init__()
         if num_frames < 1 or dim < 1:
             raise ValueError(f"FrameEnhancement: num_frames and dim must be >= 1, got {num_frames}, {dim}")
-        if scale not in ("sqrt", "none"):
-            raise ValueError(f"FrameEnhancement: scale must be 'sqrt' or 'none', got {scale!r}")
+        choice("FrameEnhancement", "scale", scale, ENHANCE_SCALES)
         if not sigma > 0:
             raise ValueError(f"FrameEnhancement: sigma must be > 0, got {sigma}")
         self.num_frames, self.dim, self.sigma = num_frames, dim, sigma

@@ -11,7 +11,7 @@ input, OIM, SGD with lr 0.1 then 0.01, run in stages (--stages):
   3  CNN frozen, everything else trained jointly (temporal attention, enhancement)
   4  the whole network fine-tuned ("Ind" in Table 1)
 Each stage starts from the weights of the previous one.  Every Table 1 / Table 2 ablation is a
-flag (--ablation, --heads, --diversity, --temporal, ...).  --dataset synthetic (no --root)
+flag (--ablation, --heads, --diversity-kind, --temporal-pooling, ...).  --dataset synthetic (no --root)
 generates a small MARS-layout set into a cache folder and trains ResNet-18 on 128x64 clips
 (stage 4 only, from random weights, softmax loss) in a few minutes on 2 CPU cores.
 
@@ -42,7 +42,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import ops
-from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from .checkpoint import FORMAT, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .config import SYNTHETIC, TrainConfig, field_types
 from .data import ClipPlan, ShardedPlan, build_loader, load_dataset
 from .evaluate import evaluate_dataset
@@ -228,14 +228,13 @@ class Stage:
 def model_config(cfg: TrainConfig, stage: int) -> dict:
     """STA constructor arguments for `stage` (1: Table 1's baseline, 2: average temporal pooling)."""
     mc = dict(arch=cfg.arch, last_stride=cfg.last_stride, num_frames=cfg.frames, num_heads=cfg.heads,
-              hidden=cfg.hidden, diversity=cfg.diversity, enhance=cfg.enhance, enhance_scale=cfg.enhance_scale,
-              temporal=cfg.temporal, spatial="attention", embed_dim=cfg.embed_dim)
-    if cfg.ablation:
-        mc.update(ABLATIONS[cfg.ablation])
+              hidden=cfg.hidden, spatial_pooling=cfg.spatial_pooling, diversity_kind=cfg.diversity_kind,
+              enhance=cfg.enhance, enhance_scale=cfg.enhance_scale, temporal_pooling=cfg.temporal_pooling,
+              embed_dim=cfg.embed_dim)
     if stage == 1:
         mc.update(ABLATIONS["baseline"])
     elif stage == 2:
-        mc.update(temporal="avg")
+        mc.update(temporal_pooling="avg")
     return mc
 
 
@@ -372,11 +371,11 @@ def train_step(stage: Stage, clips: torch.Tensor, pids: torch.Tensor, diversity_
         out = stage.net(clips)
     features, all_pids = gather_for_loss(getattr(out, stage.criterion.takes), pids, world)
     id_loss = stage.criterion(features, all_pids)
-    loss = id_loss + diversity_weight * out.diversity
+    loss = id_loss + diversity_weight * out.diversity_loss
     stage.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     stage.optimizer.step()
-    stage.meter.add(loss, id_loss, out.diversity)
+    stage.meter.add(loss, id_loss, out.diversity_loss)
 
 
 def run_epoch(run: Run, stage: Stage, epoch: int) -> bool:
@@ -485,7 +484,7 @@ def save_checkpoint(run: Run, stage: Stage, epoch: int, step: int) -> None:
     log(run, stage, epoch)
     if not run.main_proc:
         return
-    save_atomic({"config": run.cfg.to_dict(), "model_config": stage.model_config, "model": stage.model.state_dict(),
+    save_atomic({"format": FORMAT, "config": run.cfg.to_dict(), "model_config": stage.model_config, "model": stage.model.state_dict(),
                  "criterion": stage.criterion.state_dict(), "optimizer": stage.optimizer.state_dict(),
                  "scheduler": stage.scheduler.state_dict(), "stage_index": stage.index, "stage": stage.number,
                  "epoch": epoch, "step": step, "global_step": run.global_step, "epoch_losses": stage.meter.state(),

@@ -57,14 +57,14 @@ def attention_figure(model, clip: torch.Tensor, out: str, title: str = "") -> in
     """clip (N, 3, H, W) -> PNG at `out`; returns the number of panels."""
     model.eval()
     result = model(clip[None].to(next(model.parameters()).device))
-    if result.spatial is None:
+    if result.attention_maps is None:
         raise ValueError("this model has no spatial attention (Table 1 baseline): nothing to draw")
-    n, k = result.spatial.shape[1:3]
+    n, k = result.attention_maps.shape[1:3]
     gh, gw = result.grid
     h, w = clip.shape[-2:]
-    maps = result.spatial[0].float().view(n * k, 1, gh, gw)
+    maps = result.attention_maps[0].float().view(n * k, 1, gh, gw)
     maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False).view(n, k, h, w).cpu()
-    temporal = result.temporal[0].float().cpu().numpy() if result.temporal is not None else None
+    temporal = result.temporal_weights[0].float().cpu().numpy() if result.temporal_weights is not None else None
     extra = 1 if temporal is not None else 0
     fig, axes = plt.subplots(n, k + 1 + extra, figsize=(1.1 * (k + 1 + extra), 1.9 * n), squeeze=False)
     for i in range(n):

@@ -15,12 +15,12 @@ def test_forward_backward_toy():
     out = model(clips())
     assert out.embedding.shape == (2, 16)
     torch.testing.assert_close(out.embedding.norm(dim=1), torch.ones(2))
-    assert out.spatial.shape == (2, 3, 2, 2) and out.grid == (2, 1)
-    torch.testing.assert_close(out.spatial.sum(-1), torch.ones(2, 3, 2))
-    assert out.temporal.shape == (2, 3, 2)
-    (out.embedding[:, 0].sum() + out.diversity).backward()
-    for name in ("spatial.hidden.weight", "spatial.out_weight", "enhance.fc.weight", "enhance.weight",
-                 "temporal.weight", "embed.weight", "backbone.body.0.weight"):
+    assert out.attention_maps.shape == (2, 3, 2, 2) and out.grid == (2, 1)
+    torch.testing.assert_close(out.attention_maps.sum(-1), torch.ones(2, 3, 2))
+    assert out.temporal_weights.shape == (2, 3, 2)
+    (out.embedding[:, 0].sum() + out.diversity_loss).backward()
+    for name in ("spatial_attention.hidden.weight", "spatial_attention.out_weight", "frame_enhancement.fc.weight",
+                 "frame_enhancement.weight", "temporal_attention.weight", "embed.weight", "backbone.body.0.weight"):
         p = dict(model.named_parameters())[name]
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert model.backbone.body[0].weight.grad.abs().sum() > 0
@@ -31,17 +31,17 @@ def test_every_table1_row_runs(ablation):
     model = build_model(ablation, num_heads=2, **TOY)
     out = model(clips())
     assert out.embedding.shape == (2, 16)
-    if ABLATIONS[ablation]["diversity"] == "none":
-        assert out.diversity.item() == 0
+    if ABLATIONS[ablation]["diversity_kind"] == "none":
+        assert out.diversity_loss.item() == 0
     else:
-        assert out.diversity.item() > 0
+        assert out.diversity_loss.item() > 0
     out.embedding.sum().backward()
 
 
 @pytest.mark.parametrize("k", [1, 2, 4, 6, 8])
 def test_table2_heads(k):
     out = STA(num_heads=k, **TOY)(clips(1))
-    assert out.spatial.shape[2] == k
+    assert out.attention_maps.shape[2] == k
 
 
 def test_last_stride_one_doubles_the_grid():
@@ -54,10 +54,21 @@ def test_bad_inputs():
         STA(**TOY)(torch.randn(2, 3, 64, 32))
     with pytest.raises(ValueError, match=r"built for num_frames=3.*got clips with N=4"):
         STA(**TOY)(clips(1, 4))
-    with pytest.raises(ValueError, match=r"temporal must be one of"):
-        STA(temporal="lstm", **TOY)
-    with pytest.raises(ValueError, match="unknown ablation"):
+    with pytest.raises(ValueError, match=r"STA: temporal_pooling must be one of \('attention', 'avg', 'max'\), got 'lstm'"):
+        STA(temporal_pooling="lstm", **TOY)
+    with pytest.raises(ValueError, match=r"STA: ablation must be one of \('baseline', .*got 'spaatn\+q\+lstm'"):
         build_model("spaatn+q+lstm")
+    with pytest.raises(ValueError, match="STA: enhance_scale must be one of"):
+        STA(enhance=False, enhance_scale="log", **TOY)
+
+
+def test_an_ablation_sets_its_fields_and_a_contradicting_setting_is_an_error():
+    """The one rule for an ablation and explicit settings (build_model here, TrainConfig in test_train)."""
+    base = build_model("baseline", num_heads=2, temporal_pooling="avg", **TOY)  # repeating the row's value is fine
+    assert (base.spatial_pooling, base.temporal_pooling, base.diversity_kind) == ("avg", "avg", "none")
+    assert base.spatial_attention is base.frame_enhancement is None
+    with pytest.raises(ValueError, match=r"ablation 'baseline' .* temporal_pooling='attention' contradicts"):
+        build_model("baseline", temporal_pooling="attention", **TOY)
 
 
 def test_backbone_weights_from_local_file(tmp_path):

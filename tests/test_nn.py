@@ -1,6 +1,6 @@
 """stafast.nn: each block against the fp64 spec (stafast.ops.reference + the equations), STA against
-an fp64 oracle that reads the parameter names of older checkpoints, torch.compile(fullgraph=True) of
-a model built from the blocks, and the README's example."""
+an fp64 oracle that reads its parameters by name, torch.compile(fullgraph=True) of a model built
+from the blocks, and the README's example."""
 import math
 import os
 import re
@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from stafast import ops
-from stafast.checkpoint import load_model
-from stafast.models import STA, upgrade_state_dict
+from stafast.checkpoint import FORMAT, load_model
+from stafast.config import TrainConfig
+from stafast.models import STA
 from stafast.nn import DiversityPenalty, FrameEnhancement, SpatialAttention, TemporalAttention
 from stafast.ops import reference
 
@@ -123,87 +124,58 @@ def test_bad_inputs_name_the_expected_shape():
         TemporalAttention(3, 10)(torch.randn(2, 5, 2, 10))
     with pytest.raises(ValueError, match=r"kind must be one of \('hellinger', 'l2'\), got 'kl'"):
         DiversityPenalty("kl")
-    with pytest.raises(ValueError, match="scale must be 'sqrt' or 'none'"):
+    with pytest.raises(ValueError, match=r"FrameEnhancement: scale must be one of \('sqrt', 'none'\), got 'log'"):
         FrameEnhancement(4, 9, scale="log")
 
 
-# ------------------------------------------------------------------- STA from the blocks, old names
-# The names a checkpoint written before stafast.nn holds (spelled out here, independently of
-# stafast.models.LEGACY_NAMES).
-OLD = [("spatial.hidden.weight", "att_hidden.weight"), ("spatial.hidden.bias", "att_hidden.bias"),
-       ("spatial.out_weight", "att_out_weight"), ("spatial.out_bias", "att_out_bias"),
-       ("enhance.decay", "enhance_decay"), ("enhance.weight", "enhance_weight"), ("enhance.bias", "enhance_bias"),
-       ("enhance.fc.weight", "enhance_fc.weight"), ("enhance.fc.bias", "enhance_fc.bias"),
-       ("temporal.weight", "temporal_weight"), ("temporal.bias", "temporal_bias")]
-
-
-def old_layout(state: dict) -> dict:
-    renamed = dict(OLD)
-    old = {renamed.get(k, k): v.clone() for k, v in state.items()}
-    assert not any(k.startswith(("spatial.", "enhance.", "temporal.")) for k in old)
-    return old
-
-
-def sta_head64(sd: dict, fmap: torch.Tensor, b: int, n: int, k: int, hidden: int) -> dict:
-    """Everything after the backbone in float64, reading the old parameter names."""
+# ------------------------------------------------------------------------------- STA from the blocks
+def sta_head64(sd: dict, fmap: torch.Tensor, b: int, n: int, k: int) -> dict:
+    """Everything after the backbone in float64, reading the parameters by their names (spelled out
+    here: the submodules spatial_attention, frame_enhancement, temporal_attention and embed)."""
     sd = {key: v.double() for key, v in sd.items() if v.is_floating_point()}
     f = fmap.double().flatten(2).transpose(1, 2)
     d = f.shape[-1]
-    pooled, attn = spatial64((sd["att_hidden.weight"], sd["att_hidden.bias"], sd["att_out_weight"],
-                              sd["att_out_bias"]), f)
-    x = enhance64((sd["enhance_weight"], sd["enhance_decay"], sd["enhance_bias"], sd["enhance_fc.weight"],
-                   sd["enhance_fc.bias"]), pooled.view(b, n, k, d), 1 / math.sqrt(d))
-    clip, t = temporal64((sd["temporal_weight"], sd["temporal_bias"]), x)
+    pooled, attn = spatial64([sd[f"spatial_attention.{w}"] for w in ("hidden.weight", "hidden.bias", "out_weight",
+                                                                     "out_bias")], f)
+    x = enhance64([sd[f"frame_enhancement.{w}"] for w in ("weight", "decay", "bias", "fc.weight", "fc.bias")],
+                  pooled.view(b, n, k, d), 1 / math.sqrt(d))
+    clip, t = temporal64((sd["temporal_attention.weight"], sd["temporal_attention.bias"]), x)
     emb = F.normalize(clip.flatten(1) @ sd["embed.weight"].T + sd["embed.bias"], dim=1)
-    return dict(embedding=emb, diversity=reference.diversity_penalty(attn, "hellinger").mean(),
-                spatial=attn.view(b, n, k, -1), temporal=t)
+    return dict(embedding=emb, diversity_loss=reference.diversity_penalty(attn, "hellinger").mean(),
+                attention_maps=attn.view(b, n, k, -1), temporal_weights=t)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_sta_from_an_old_checkpoint_matches_the_fp64_oracle(backend, tmp_path):
-    """A state dict with the old names loads (strict) into the STA built from stafast.nn, and its
-    outputs equal the fp64 oracle computed from those old names."""
-    old = old_layout(randomise(STA(**TOY), 0.05).state_dict())
-    model = STA(**TOY).eval()
-    model.load_state_dict(old)  # strict: every old name maps to a current one
+def test_sta_matches_the_fp64_oracle(backend, tmp_path):
+    """STA built from stafast.nn equals the fp64 oracle, directly and through a checkpoint file as
+    stafast.train writes it."""
+    model = randomise(STA(**TOY), 0.05).eval()
     clips = torch.randn(2, 3, 3, 64, 32)
     with torch.no_grad(), ops.backend(backend):
         fmap = model.backbone(clips.flatten(0, 1))
         out = model.head(fmap, 2, 3)
         whole = model(clips)
-    want = sta_head64(old, fmap, 2, 3, TOY["num_heads"], TOY["hidden"])
+    want = sta_head64(model.state_dict(), fmap, 2, 3, TOY["num_heads"])
     for name, value in want.items():
         close(getattr(out, name), value, name)
     torch.testing.assert_close(whole.embedding, out.embedding)
-    # the same weights through a checkpoint file, as stafast.train writes it
-    path = tmp_path / "old.pt"
-    torch.save({"model": old, "model_config": dict(TOY, enhance=True, temporal="attention"), "args": {}}, path)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": FORMAT, "config": TrainConfig.create().to_dict(), "model": model.state_dict(),
+                "model_config": TOY}, path)
     loaded, _ = load_model(str(path))
     with torch.no_grad(), ops.backend(backend):
         torch.testing.assert_close(loaded(clips).embedding, whole.embedding)
 
 
-def test_upgrade_state_dict_renames_only_the_old_names():
-    model = STA(**TOY)
-    current = model.state_dict()
-    old = old_layout(current)
-    up = upgrade_state_dict(old)
-    assert list(up) == list(current)  # same names in the same order
-    assert upgrade_state_dict(current).keys() == current.keys()
-    wrapped = upgrade_state_dict({"module." + k: v for k, v in old.items()}, prefix="module.")
-    assert set(wrapped) == {"module." + k for k in current}
-    # a state dict that mixes in an unknown name still fails loudly
-    with pytest.raises(RuntimeError, match="Unexpected key.*att_extra"):
-        model.load_state_dict({**old, "att_extra": torch.zeros(1)})
-
-
 def test_sta_holds_one_block_of_each_kind():
     model = STA(**TOY)
-    assert isinstance(model.spatial, SpatialAttention) and isinstance(model.diversity, DiversityPenalty)
-    assert isinstance(model.enhance, FrameEnhancement) and isinstance(model.temporal, TemporalAttention)
-    base = STA(arch="resnet18", spatial="none", diversity="none", temporal="avg", enhance=False)
-    assert base.spatial is base.diversity is base.enhance is base.temporal is None
-    assert not any(k.startswith(("spatial.", "enhance.", "temporal.")) for k in base.state_dict())
+    assert isinstance(model.spatial_attention, SpatialAttention)
+    assert isinstance(model.diversity_penalty, DiversityPenalty)
+    assert isinstance(model.frame_enhancement, FrameEnhancement)
+    assert isinstance(model.temporal_attention, TemporalAttention)
+    base = STA(arch="resnet18", spatial_pooling="avg", diversity_kind="none", temporal_pooling="avg", enhance=False)
+    assert base.spatial_attention is base.diversity_penalty is base.frame_enhancement is base.temporal_attention is None
+    assert {k.split(".")[0] for k in base.state_dict()} == {"backbone", "embed"}
 
 
 # ------------------------------------------------------------------ the README's model, compiled
@@ -220,7 +192,7 @@ def test_readme_example_runs():
     assert embedding.shape == (2, 128) and q.dim() == 0 and q.item() > 0
     torch.testing.assert_close(embedding.norm(dim=1), torch.ones(2))
     (embedding[:, 0].sum() + q).backward()
-    assert scope["model"].spatial.hidden.weight.grad.abs().sum() > 0
+    assert scope["model"].spatial_attention.hidden.weight.grad.abs().sum() > 0
 
 
 def tiny_cnn(dim=16):

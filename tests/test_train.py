@@ -263,15 +263,19 @@ while True:
     assert state["step"] == 0 or state["weights"].numel() == 4_000_000
 
 
-def test_a_checkpoint_of_the_argparse_era_still_loads(tiny_root, tmp_path):
-    run(tiny_root, tmp_path, "--epochs", "1", "--no-eval")
+def test_a_checkpoint_of_an_older_format_is_refused_with_what_to_do(tiny_root, tmp_path):
+    run(tiny_root, tmp_path, "--epochs", "1", "--no-eval", "--max-steps", "1")
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    args = state.pop("config")
-    args.update(no_enhance=not args.pop("enhance"), stages=list(args["stages"]), epochs=list(args["epochs"]))
-    state["args"] = args
-    torch.save(state, tmp_path / "old.pt")
-    model, old = load_model(str(tmp_path / "old.pt"))
-    assert old["config"].frames == 3 and old["config"].enhance and old["config"].stages == (4,)
+    assert state["format"] == 3
+    for fmt, written in ((None, "no format field"), (2, "format 2")):
+        if fmt is None:
+            state.pop("format")
+        else:
+            state["format"] = fmt
+        torch.save(state, tmp_path / "old.pt")
+        with pytest.raises(ValueError, match=f"old.pt: a stafast.train checkpoint of {written}.*reads formats \\[3\\] "
+                                             "only. Train it again with this version"):
+            load_model(str(tmp_path / "old.pt"))
 
 
 def _ddp_worker(rank, world, root, out, port):
@@ -317,10 +321,19 @@ def test_config_presets_and_checks():
     assert (paper.arch, paper.stages, paper.epochs, paper.loss) == ("resnet50", (1, 2, 3), (30, 20, 20), "oim")
     assert TrainConfig.create("mars", stages=(1, 4), epochs=(5,)).epochs == (5, 5)
     assert TrainConfig.create("synthetic", arch="resnet50").arch == "resnet50"
-    with pytest.raises(ValueError, match=r"arch='resnet7' is not one of .*stages=\(1, 5\)"):
+    with pytest.raises(ValueError, match=r"TrainConfig: arch must be one of .*got 'resnet7'; stages=\(1, 5\)"):
         TrainConfig.create("synthetic", arch="resnet7", stages=(1, 5))
     with pytest.raises(ValueError, match=r"unknown training configuration fields \['colour'\]"):
         TrainConfig.from_dict({"colour": 1})
+    # an ablation sets its fields; an explicit value may repeat them but not contradict them (both paths:
+    # TrainConfig here, build_model in test_model)
+    base = TrainConfig.create("mars", ablation="baseline", root="/data", temporal_pooling="avg")
+    assert (base.spatial_pooling, base.diversity_kind, base.temporal_pooling, base.enhance) == ("avg", "none", "avg", False)
+    assert TrainConfig.from_dict(base.to_dict()) == base
+    with pytest.raises(ValueError, match=r"ablation 'spaatn\+q' .* diversity_kind='l2' contradicts"):
+        TrainConfig.create("mars", ablation="spaatn+q", diversity_kind="l2")
+    with pytest.raises(ValueError, match=r"ablation 'baseline' .* spatial_pooling='attention'.* contradicts"):
+        TrainConfig(ablation="baseline")  # the bare constructor applies no row: its defaults contradict it
 
 
 def test_bad_arguments(tiny_root, tmp_path, capsys):

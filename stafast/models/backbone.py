@@ -17,7 +17,10 @@ import torch
 import torchvision
 from torch import nn
 
-ARCHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+from ..ops._checks import choice
+
+ARCHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}  # name -> D, res5c's channels
+LAST_STRIDES = (1, 2)  # stride of res5 (1: a grid twice as fine)
 
 
 def torchvision_weights(arch: str, name: str):
@@ -78,10 +81,8 @@ class Backbone(nn.Module):
 
     def __init__(self, arch: str = "resnet50", weights: str | None = None, last_stride: int = 2):
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(f"backbone arch must be one of {sorted(ARCHS)}, got {arch!r}")
-        if last_stride not in (1, 2):
-            raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
+        choice("Backbone", "arch", arch, tuple(ARCHS))
+        choice("Backbone", "last_stride", last_stride, LAST_STRIDES)
         net = getattr(torchvision.models, arch)(weights=None)
         if weights is not None:
             _load_weights(net, weights, arch)

@@ -14,33 +14,35 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import DiversityPenalty, FrameEnhancement, SpatialAttention, TemporalAttention
+from ..nn import ENHANCE_SCALES, DiversityPenalty, FrameEnhancement, SpatialAttention, TemporalAttention
+from ..ops._checks import choice
+from ..ops.diversity_penalty import KINDS
 from .backbone import Backbone
 
-SPATIAL = ("attention", "none")
-TEMPORAL = ("attention", "avg", "max")
-DIVERSITY = ("hellinger", "l2", "none")
-ENHANCE_SCALES = ("sqrt", "none")
+SPATIAL_POOLINGS = ("attention", "avg")        # Eqs. 1-3, or Table 1's baseline: global average pooling, K = 1
+TEMPORAL_POOLINGS = ("attention", "avg", "max")  # Eqs. 11-13, or average / max over the frames
+DIVERSITY_KINDS = (*KINDS, "none")               # Q (Eq. 9), Q' (Eq. 10), or no penalty
 
-# Table 1 rows as constructor arguments (Ind = stage 4 of the schedule, not an architecture).
+# Table 1 rows as STA settings (Ind = stage 4 of the schedule, not an architecture).  The keys are
+# the names of both the STA arguments and the TrainConfig fields, so that one row applies to both.
 ABLATIONS = {
-    "baseline": dict(spatial="none", diversity="none", temporal="avg", enhance=False),
-    "spaatn": dict(spatial="attention", diversity="none", temporal="avg"),
-    "spaatn+q'": dict(spatial="attention", diversity="l2", temporal="avg"),
-    "spaatn+q": dict(spatial="attention", diversity="hellinger", temporal="avg"),
-    "spaatn+q+maxpool": dict(spatial="attention", diversity="hellinger", temporal="max"),
-    "spaatn+q+temattn": dict(spatial="attention", diversity="hellinger", temporal="attention"),
+    "baseline": dict(spatial_pooling="avg", diversity_kind="none", temporal_pooling="avg", enhance=False),
+    "spaatn": dict(spatial_pooling="attention", diversity_kind="none", temporal_pooling="avg"),
+    "spaatn+q'": dict(spatial_pooling="attention", diversity_kind="l2", temporal_pooling="avg"),
+    "spaatn+q": dict(spatial_pooling="attention", diversity_kind="hellinger", temporal_pooling="avg"),
+    "spaatn+q+maxpool": dict(spatial_pooling="attention", diversity_kind="hellinger", temporal_pooling="max"),
+    "spaatn+q+temattn": dict(spatial_pooling="attention", diversity_kind="hellinger", temporal_pooling="attention"),
 }
 
 
 @dataclass
 class STAOutput:
-    embedding: Tensor        # (B, embed_dim), L2-normalised (Eq. 15 -> FC -> norm)
-    diversity: Tensor        # scalar: mean over frames of Q (Eq. 9) or Q' (Eq. 10); 0 if off
-    spatial: Tensor | None   # (B, N, K, L) receptive fields (Eq. 2); None for the baseline
-    temporal: Tensor | None  # (B, N, K) temporal weights (Eq. 12); None unless temporal attention
-    grid: tuple[int, int]    # (H, W) of the feature grid, L = H * W
-    feature: Tensor          # (B, embed_dim), the FC output before the L2 norm
+    embedding: Tensor                # (B, embed_dim), L2-normalised (Eq. 15 -> FC -> norm)
+    feature: Tensor                  # (B, embed_dim), the FC output before the L2 norm
+    diversity_loss: Tensor           # scalar: mean over frames of Q (Eq. 9) or Q' (Eq. 10); 0 if off
+    attention_maps: Tensor | None    # (B, N, K, L) receptive fields (Eq. 2); None for the baseline
+    temporal_weights: Tensor | None  # (B, N, K) temporal weights (Eq. 12); None unless temporal attention
+    grid: tuple[int, int]            # (H, W) of the feature grid, L = H * W
 
 
 class STA(nn.Module):
@@ -51,47 +53,49 @@ class STA(nn.Module):
         num_frames: N frames per clip (the temporal prior Psi is N x N).
         num_heads: K spatial attention models (Table 2: 1, 2, 4, 6, 8).
         hidden: d of Eq. 1.
-        spatial: "attention" (Eqs. 1-3) or "none" (Table 1 baseline: global average pooling, K = 1).
-        diversity: "hellinger" (Q, Eq. 9), "l2" (Q', Eq. 10) or "none".
+        spatial_pooling: "attention" (Eqs. 1-3) or "avg" (Table 1 baseline: global average pooling, K = 1).
+        diversity_kind: "hellinger" (Q, Eq. 9), "l2" (Q', Eq. 10) or "none".
         enhance: the frame enhancement E of Eq. 4 (supplementary Eqs. 1-4).
         enhance_sigma: sigma of supplementary Eq. 2.
         enhance_scale: "sqrt" multiplies X X^T by 1/sqrt(D) (raw 2048-d dot products saturate the
             softmax), "none" follows the supplementary literally.
-        temporal: "attention" (Eqs. 11-13 with a softmax over frames), "avg" or "max".
+        temporal_pooling: "attention" (Eqs. 11-13 with a softmax over frames), "avg" or "max".
         embed_dim: size of the final L2-normalised embedding (128 in the paper).
+
+    The blocks (stafast.nn) are the submodules `spatial_attention`, `diversity_penalty`,
+    `frame_enhancement` and `temporal_attention`, each None where the settings leave it out.
     """
 
     def __init__(self, arch: str = "resnet50", backbone_weights: str | None = None, last_stride: int = 2,
-                 num_frames: int = 6, num_heads: int = 6, hidden: int = 256, spatial: str = "attention",
-                 diversity: str = "hellinger", enhance: bool = True, enhance_sigma: float = 1.0,
-                 enhance_scale: str = "sqrt", temporal: str = "attention", embed_dim: int = 128):
+                 num_frames: int = 6, num_heads: int = 6, hidden: int = 256, spatial_pooling: str = "attention",
+                 diversity_kind: str = "hellinger", enhance: bool = True, enhance_sigma: float = 1.0,
+                 enhance_scale: str = "sqrt", temporal_pooling: str = "attention", embed_dim: int = 128):
         super().__init__()
-        for name, value, options in (("spatial", spatial, SPATIAL), ("temporal", temporal, TEMPORAL),
-                                     ("diversity", diversity, DIVERSITY), ("enhance_scale", enhance_scale, ENHANCE_SCALES)):
-            if value not in options:
-                raise ValueError(f"STA: {name} must be one of {options}, got {value!r}")
+        choice("STA", "spatial_pooling", spatial_pooling, SPATIAL_POOLINGS)
+        choice("STA", "temporal_pooling", temporal_pooling, TEMPORAL_POOLINGS)
+        choice("STA", "diversity_kind", diversity_kind, DIVERSITY_KINDS)
+        choice("STA", "enhance_scale", enhance_scale, ENHANCE_SCALES)
         if num_heads < 1 or num_frames < 1 or hidden < 1 or embed_dim < 1:
             raise ValueError(f"STA: num_heads, num_frames, hidden and embed_dim must be >= 1, got "
                              f"{num_heads}, {num_frames}, {hidden}, {embed_dim}")
         self.backbone = Backbone(arch, backbone_weights, last_stride)
         d_feat = self.backbone.out_channels
-        self.spatial_mode, self.temporal_mode, self.diversity_kind = spatial, temporal, diversity
+        self.spatial_pooling, self.temporal_pooling, self.diversity_kind = spatial_pooling, temporal_pooling, diversity_kind
         self.num_frames = num_frames
-        self.num_heads = k = num_heads if spatial == "attention" else 1
+        self.num_heads = k = num_heads if spatial_pooling == "attention" else 1
         self.feat_dim = d_feat
-        # The blocks of stafast.nn, None where the configuration leaves one out.
-        self.spatial = SpatialAttention(d_feat, k, hidden) if spatial == "attention" else None        # Eqs. 1-3
-        self.diversity = DiversityPenalty(diversity) if self.spatial is not None and diversity != "none" else None
-        self.enhance = FrameEnhancement(num_frames, d_feat, enhance_sigma, enhance_scale) if enhance else None  # Eq. 4
-        self.temporal = TemporalAttention(k, d_feat) if temporal == "attention" else None             # Eqs. 11-13
+        attention = spatial_pooling == "attention"
+        self.spatial_attention = SpatialAttention(d_feat, k, hidden) if attention else None              # Eqs. 1-3
+        self.diversity_penalty = DiversityPenalty(diversity_kind) if attention and diversity_kind != "none" else None
+        self.frame_enhancement = FrameEnhancement(num_frames, d_feat, enhance_sigma, enhance_scale) if enhance else None
+        self.temporal_attention = TemporalAttention(k, d_feat) if temporal_pooling == "attention" else None  # Eqs. 11-13
         self.embed = nn.Linear(k * d_feat, embed_dim)  # Eq. 15 -> FC(128)
-        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     def forward(self, clips: Tensor) -> STAOutput:
         if clips.dim() != 5 or clips.shape[2] != 3:
             raise ValueError(f"STA expects clips of shape (B, N, 3, H, W), got {tuple(clips.shape)}")
         b, n = clips.shape[:2]
-        if self.enhance is not None and n != self.num_frames:
+        if self.frame_enhancement is not None and n != self.num_frames:
             raise ValueError(f"STA was built for num_frames={self.num_frames} (the N x N enhancement prior) "
                              f"but got clips with N={n}; shape {tuple(clips.shape)}")
         return self.head(self.backbone(clips.flatten(0, 1)), b, n)
@@ -100,68 +104,44 @@ class STA(nn.Module):
         """Everything after the backbone: feature maps (B*N, D, h, w) of B clips x N frames -> output."""
         grid = tuple(fmap.shape[-2:])
         f = fmap.flatten(2).transpose(1, 2)                            # (B*N, L, D)
-        diversity = f.new_zeros((), dtype=torch.float32)
-        if self.spatial is not None:
-            pooled, attn = self.spatial(f)                              # Eqs. 1-3
-            if self.diversity is not None:
-                diversity = self.diversity(attn)                        # Eqs. 9-10
-            spatial = attn.view(b, n, self.num_heads, -1)
+        diversity_loss = f.new_zeros((), dtype=torch.float32)
+        if self.spatial_attention is not None:
+            pooled, attn = self.spatial_attention(f)                    # Eqs. 1-3
+            if self.diversity_penalty is not None:
+                diversity_loss = self.diversity_penalty(attn)           # Eqs. 9-10
+            attention_maps = attn.view(b, n, self.num_heads, -1)
         else:
-            pooled, spatial = f.mean(dim=1, keepdim=True), None
+            pooled, attention_maps = f.mean(dim=1, keepdim=True), None
         x = pooled.view(b, n, self.num_heads, self.feat_dim)            # (B, N, K, D)
-        if self.enhance is not None:
-            x = self.enhance(x)                                         # Eq. 4
-        temporal = None
-        if self.temporal is not None:
-            clip, temporal = self.temporal(x)                           # Eqs. 11-13
-        elif self.temporal_mode == "avg":
+        if self.frame_enhancement is not None:
+            x = self.frame_enhancement(x)                               # Eq. 4
+        temporal_weights = None
+        if self.temporal_attention is not None:
+            clip, temporal_weights = self.temporal_attention(x)         # Eqs. 11-13
+        elif self.temporal_pooling == "avg":
             clip = x.mean(dim=1)
         else:
             clip = x.amax(dim=1)
         feature = self.embed(clip.flatten(1)).float()                   # Eq. 15, FC
-        return STAOutput(F.normalize(feature, dim=1), diversity, spatial, temporal, grid, feature)  # L2 norm
+        return STAOutput(F.normalize(feature, dim=1), feature, diversity_loss, attention_maps,  # L2 norm
+                         temporal_weights, grid)
 
 
-# The parameter names of checkpoints written before STA was built from stafast.nn -> the current ones.
-LEGACY_NAMES = {"att_hidden": "spatial.hidden", "att_out_weight": "spatial.out_weight",
-                "att_out_bias": "spatial.out_bias", "enhance_decay": "enhance.decay",
-                "enhance_weight": "enhance.weight", "enhance_bias": "enhance.bias", "enhance_fc": "enhance.fc",
-                "temporal_weight": "temporal.weight", "temporal_bias": "temporal.bias"}
-
-
-def _current_name(key: str, prefix: str = "") -> str:
-    if not key.startswith(prefix):
-        return key
-    head, dot, rest = key[len(prefix):].partition(".")
-    return prefix + LEGACY_NAMES[head] + dot + rest if head in LEGACY_NAMES else key
-
-
-def upgrade_state_dict(state_dict: dict, prefix: str = "") -> dict:
-    """A copy of an STA state dict with the names of older checkpoints (att_hidden.*,
-    att_out_weight, att_out_bias, enhance_decay, enhance_weight, enhance_bias, enhance_fc.*,
-    temporal_weight, temporal_bias) renamed as in `LEGACY_NAMES` (spatial.hidden.*,
-    spatial.out_weight, ..., enhance.fc.*, temporal.weight, ...); current names pass unchanged.
-    `prefix`: where the STA sits in the state dict (e.g. "module." under DistributedDataParallel).
-    STA.load_state_dict does this by itself; the function is for reading or converting a
-    checkpoint file without building the model."""
-    out = type(state_dict)((_current_name(k, prefix), v) for k, v in state_dict.items())
-    if hasattr(state_dict, "_metadata"):
-        out._metadata = state_dict._metadata
-    return out
-
-
-def _rename_legacy_keys(module, state_dict, prefix, *args):
-    """load_state_dict pre-hook: renames the legacy keys in place (load_state_dict works on its own copy)."""
-    for key in list(state_dict):
-        new = _current_name(key, prefix)
-        if new != key:
-            state_dict[new] = state_dict.pop(key)
+def with_ablation(ablation: str | None, settings: dict) -> dict:
+    """`settings` with the fields of Table 1 row `ablation` (ABLATIONS) filled in.  The one rule for an
+    ablation and explicit settings, in build_model and TrainConfig alike: the row sets its fields, an
+    explicit setting may repeat a row's value but not contradict it (ValueError naming both)."""
+    if ablation is None:
+        return dict(settings)
+    choice("STA", "ablation", ablation, tuple(ABLATIONS))
+    row = ABLATIONS[ablation]
+    clashes = [f"{k}={settings[k]!r}" for k in row if k in settings and settings[k] != row[k]]
+    if clashes:
+        raise ValueError(f"ablation {ablation!r} (a Table 1 row) sets {row}, which {', '.join(clashes)} contradicts: "
+                         "drop the ablation or the contradicting setting")
+    return {**settings, **row}
 
 
 def build_model(ablation: str | None = None, **kwargs) -> STA:
-    """STA with the settings of a Table 1 row (`ABLATIONS`) overridden by `kwargs`."""
-    if ablation is not None:
-        if ablation not in ABLATIONS:
-            raise ValueError(f"unknown ablation {ablation!r}; expected one of {sorted(ABLATIONS)}")
-        kwargs = {**ABLATIONS[ablation], **kwargs}
-    return STA(**kwargs)
+    """STA with the settings of Table 1 row `ablation` (ABLATIONS) and `kwargs` (see with_ablation)."""
+    return STA(**with_ablation(ablation, kwargs))
