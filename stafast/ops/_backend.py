@@ -4,7 +4,7 @@ Choice, highest priority first: the innermost `with stafast.ops.backend(name)`, 
 environment variable STAFAST_BACKEND, then "auto" = the fastest backend available for the
 tensor's device (CUDA: triton, ext, reference; CPU: ext, reference).  The Triton backend runs
 CPU tensors only under TRITON_INTERPRET=1, which is how kernels are tested without a GPU; auto
-mode never picks the interpreter (it is slow).
+mode never picks the interpreter (it is slow, and wrong for bfloat16: see _spec.refuse_bfloat16).
 
 Auto mode falls back to the next backend only on BackendUnavailable: the backend does not import,
 the extension is not built or lacks the op, the Triton compiler failed.  That is reported by one

@@ -113,15 +113,29 @@ def _load(spec: OpSpec, backend: str) -> Pair:
 
 
 def _triton_call(op: str, launcher: Callable) -> Callable:
-    """`launcher`, a compiler failure raised as BackendUnavailable."""
+    """`launcher` refusing what the interpreter gets wrong, a compiler failure as BackendUnavailable."""
     from stafast import kernels
 
     def run(*args):
+        if kernels.INTERPRET:
+            refuse_bfloat16(op, args)
         try:
             return launcher(*args)
         except kernels.CompileError as e:
             raise _backend.BackendUnavailable(f"{op}: the Triton compiler failed: {e}") from e
     return run
+
+
+def refuse_bfloat16(op: str, args: tuple) -> None:
+    """The Triton interpreter multiplies the raw bit patterns of bfloat16 tl.dot operands (triton
+    issue 11584: it converts only 8-bit floats before its numpy matmul), so every kernel here would
+    return garbage for bfloat16 inputs (pooling: relative error ~1e9). float16 is computed exactly."""
+    for a in args:
+        if isinstance(a, Tensor) and a.dtype == torch.bfloat16:
+            raise _backend.BackendUnavailable(
+                f"{op}: the Triton backend refuses torch.bfloat16 inputs under TRITON_INTERPRET=1: the "
+                "interpreter's tl.dot multiplies the raw bits of bfloat16 operands (triton issue 11584), so "
+                "the result would be garbage; run bfloat16 on a GPU or with another backend")
 
 
 OPS: dict[str, Op] = {}  # op name -> its registered ops, in registration order

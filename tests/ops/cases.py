@@ -24,9 +24,12 @@ TOL = {torch.float32: dict(rtol=2e-4, atol=2e-5), torch.float64: dict(rtol=1e-9,
 DEVICE = os.environ.get("STAFAST_TEST_DEVICE", "cpu")
 BACKENDS = available_backends(DEVICE)
 backends = pytest.mark.parametrize("backend_name", BACKENDS)
-# The Triton interpreter has no 16-bit math: bf16/fp16 Triton runs are checked on the GPU (bench/gpu_check.sh).
-low_precision_backends = pytest.mark.parametrize(
-    "backend_name", [b for b in BACKENDS if b != "triton" or DEVICE != "cpu"])
+# Every backend in both 16-bit dtypes, except bfloat16 Triton on the CPU: the interpreter refuses it
+# (its tl.dot is wrong for bfloat16, triton issue 11584; test_registration checks the refusal), so
+# bf16 Triton runs are checked on the GPU (bench/gpu_check.sh). Its float16 is exact.
+low_precision = pytest.mark.parametrize("backend_name, dtype", [
+    (b, dtype) for b in BACKENDS for dtype in (torch.bfloat16, torch.float16)
+    if not (b == "triton" and DEVICE == "cpu" and dtype == torch.bfloat16)])
 
 
 def ssp_inputs(shape, dtype=torch.float64, requires_grad=False):

@@ -8,6 +8,7 @@ import torch
 
 from stafast import ops
 from stafast.ops import _spec, reference
+from .cases import BACKENDS, DEVICE
 
 # stafast_ext ops that are no stafast op's layer: the extension's own helpers (csrc/stafast.cpp)
 EXT_HELPERS = {"has_cuda", "output_cache_bytes", "output_cache_clear"}
@@ -53,3 +54,22 @@ def test_a_backward_that_does_not_take_the_forward_arguments_is_refused():
                                         r"\('x', 'bias', 'scale'\)"):
         _spec.Op(dataclasses.replace(spec, name="not_registered", backward=backward))
     assert not hasattr(torch.ops.stafast, "not_registered")
+
+
+def _bfloat16_calls(op):
+    """(forward args, backward args) at the op's second test shape, in bfloat16."""
+    inputs = op.spec.inputs(op.spec.test_shapes[1], torch.bfloat16, DEVICE)
+    outputs = op.spec.forward(*inputs)
+    grads = [torch.randn_like(o) for o in (outputs if isinstance(outputs, tuple) else (outputs,))]
+    return (op.forward_op, inputs), (op.backward_op, (*grads, *inputs))
+
+
+@pytest.mark.skipif("triton" not in BACKENDS or DEVICE != "cpu", reason="needs the Triton interpreter")
+@pytest.mark.parametrize("op", OPS, ids=[op.spec.name for op in OPS])
+def test_the_interpreter_refuses_bfloat16(op):
+    for (fn, args), name in zip(_bfloat16_calls(op), (op.spec.name, f"{op.spec.name}_backward")):
+        with ops.backend("triton"), pytest.raises(ops.BackendUnavailable) as error:
+            fn(*args)
+        message = str(error.value)
+        assert message.startswith(f"{name}: the Triton backend refuses torch.bfloat16 inputs under TRITON_INTERPRET=1")
+        assert "triton issue 11584" in message
