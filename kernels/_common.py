@@ -80,7 +80,8 @@ class Launch:
     @property
     def name(self) -> str:
         """op.kernel, e.g. spatial_softmax_pool._forward_kernel"""
-        return f"{self.jit_fn.__module__.rsplit('.', 1)[-1]}.{self.jit_fn.__name__}"
+        fn = self.jit_fn.fn  # the Python function (the interpreter's wrapper has another __module__)
+        return f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
 
 
 _recorder: contextvars.ContextVar[Callable[[Launch], None] | None] = contextvars.ContextVar("stafast_record",
@@ -132,14 +133,42 @@ def surviving_configs(kernel, args: tuple, meta: dict) -> list:
     return prune(kernel.configs, dict(zip(kernel.arg_names, args)), **meta) if prune else kernel.configs
 
 
+class CompileError(RuntimeError):
+    """A kernel did not compile for this GPU, or its binary does not fit it (see compile_failed)."""
+
+
+def compile_failed(e: BaseException) -> bool:
+    """Whether `e` says that Triton could not compile a kernel or load its binary: a front-end error,
+    ptxas failing, more shared memory or threads than the GPU has, or any error raised inside
+    triton.compile (an MLIR pass failing raises a plain RuntimeError there). Errors of the launch
+    itself (out of memory, an illegal address, wrong arguments) are not."""
+    from triton.compiler import compiler
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources, PTXASError
+    if isinstance(e, (CompilationError, PTXASError, OutOfResources)):
+        return True
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is compiler.compile.__code__:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def launch(kernel, grid, *args, **meta) -> None:
-    """Launch `kernel` (a triton.jit function or an autotuned one) on `grid` (see the module doc)."""
+    """Launch `kernel` (a triton.jit function or an autotuned one) on `grid` (see the module doc);
+    a kernel that does not compile raises CompileError."""
     recorder = _recorder.get()
     if recorder is not None:
         recorder(Launch(kernel, grid, args, meta, surviving_configs(kernel, args, meta)))
         if not _run.get():
             return
-    _launch(kernel, grid, args, meta)
+    try:
+        _launch(kernel, grid, args, meta)
+    except Exception as e:
+        if compile_failed(e):
+            raise CompileError(f"{Launch(kernel, grid, args, meta).name}: {type(e).__name__}: {e}") from e
+        raise
 
 
 def _launch(kernel, grid, args: tuple, meta: dict) -> None:

@@ -9,13 +9,16 @@ and autograd, callable as plain functions:
 
 Backends: "reference" (plain PyTorch, the spec), "triton", "ext" (C++/CUDA).  Choose with
 `with stafast.ops.backend(name):` or STAFAST_BACKEND; by default the fastest available one for
-the tensor's device runs.  `available_backends()` lists what works here.
+the tensor's device runs, falling back (one warning) only when a backend raises BackendUnavailable.
+`available_backends()` lists what works here; `with backends_ran() as ran:` records what ran.
+Each op is one OpSpec (stafast/ops/_spec.py), listed in OPS; docs/adding-an-op.md adds one.
 """
 from . import reference
-from ._backend import BACKENDS, available_backends, backend
+from ._backend import BACKENDS, BackendUnavailable, available_backends, backend, backends_ran
+from ._spec import OPS
 from .diversity_penalty import diversity_penalty
 from .frame_attention import frame_attention
 from .spatial_softmax_pool import spatial_softmax_pool
 
-__all__ = ["BACKENDS", "available_backends", "backend", "diversity_penalty", "frame_attention",
-           "reference", "spatial_softmax_pool"]
+__all__ = ["BACKENDS", "BackendUnavailable", "OPS", "available_backends", "backend", "backends_ran",
+           "diversity_penalty", "frame_attention", "reference", "spatial_softmax_pool"]

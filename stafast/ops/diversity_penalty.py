@@ -11,50 +11,46 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _backend, _checks, reference
+from . import _checks, _spec, reference
 
 NAME = "diversity_penalty"
 KINDS = ("hellinger", "l2")
 REDUCTIONS = ("mean", "sum", "none")
-IMPLS = _backend.implementations(NAME, reference.diversity_penalty, reference.diversity_penalty_backward)
 
 
 def _out_dtype(attn: Tensor) -> torch.dtype:
     return torch.float32 if attn.dtype in (torch.float16, torch.bfloat16) else attn.dtype
 
 
-@torch.library.custom_op("stafast::diversity_penalty", mutates_args=())
-def _op(attn: Tensor, kind: str) -> Tensor:
-    return _backend.dispatch(IMPLS, 0, attn.device, attn, kind)
+def _triton():
+    from stafast.kernels import diversity_penalty as kernels
+    return kernels.forward, kernels.backward
 
 
-@_op.register_fake
-def _(attn, kind):
+def _ext():
+    return torch.ops.stafast_ext.diversity_penalty, torch.ops.stafast_ext.diversity_penalty_backward
+
+
+def _fake(attn, kind):
     return attn.new_empty(attn.shape[0], dtype=_out_dtype(attn))
 
 
-@torch.library.custom_op("stafast::diversity_penalty_backward", mutates_args=())
-def _backward_op(grad: Tensor, attn: Tensor, kind: str) -> Tensor:
-    return _backend.dispatch(IMPLS, 1, attn.device, grad, attn, kind)
-
-
-@_backward_op.register_fake
-def _(grad, attn, kind):
+def _backward_fake(grad, attn, kind):
     return torch.empty_like(attn)
 
 
-def _setup_context(ctx, inputs, output):
-    attn, kind = inputs
-    ctx.save_for_backward(attn)
-    ctx.kind = kind
+def _inputs(shape, dtype, device):
+    """Rows that are distributions over L."""
+    return torch.softmax(3 * torch.randn(shape, dtype=torch.float64), dim=-1).to(dtype=dtype, device=device), KINDS[0]
 
 
-def _autograd(ctx, grad):
-    (attn,) = ctx.saved_tensors
-    return _backward_op(grad.contiguous(), attn, ctx.kind), None
-
-
-_op.register_autograd(_autograd, setup_context=_setup_context)
+OP = _spec.register(_spec.OpSpec(
+    name=NAME, forward=reference.diversity_penalty, backward=reference.diversity_penalty_backward,
+    triton=_triton, ext=_ext, fake=_fake, backward_fake=_backward_fake, inputs=_inputs,
+    # (M, K, L): M = 37 and 19 are several 8- or 16-frame lane blocks and a partial one; the last two
+    # take several Triton K tiles (K > 16, 32 and 64) and L tiles.
+    test_shapes=((1, 1, 1), (3, 1, 7), (5, 6, 32), (2, 4, 13), (1, 8, 50), (37, 6, 32), (19, 9, 5),
+                 (2, 20, 300), (1, 70, 33))))
 
 
 def diversity_penalty(attn: Tensor, kind: str = "hellinger", reduction: str = "mean") -> Tensor:
@@ -67,7 +63,7 @@ def diversity_penalty(attn: Tensor, kind: str = "hellinger", reduction: str = "m
     _checks.tensor(NAME, "attn", attn, 3, "(M, K, L)")
     _checks.choice(NAME, "kind", kind, KINDS)
     _checks.choice(NAME, "reduction", reduction, REDUCTIONS)
-    q = reference.diversity_penalty(attn, kind) if _backend.inline_reference() else _op(attn.contiguous(), kind)
+    q = OP(attn.contiguous(), kind)
     if reduction == "mean":
         return q.mean()
     if reduction == "sum":

@@ -14,45 +14,41 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _backend, _checks, reference
+from . import _checks, _spec, reference
 
 NAME = "frame_attention"
-IMPLS = _backend.implementations(NAME, reference.frame_attention, reference.frame_attention_backward)
 
 
-@torch.library.custom_op("stafast::frame_attention", mutates_args=())
-def _op(x: Tensor, bias: Tensor, scale: float) -> Tensor:
-    return _backend.dispatch(IMPLS, 0, x.device, x, bias, scale)
+def _triton():
+    from stafast.kernels import frame_attention as kernels
+    return kernels.forward, kernels.backward
 
 
-@_op.register_fake
-def _(x, bias, scale):
+def _ext():
+    return torch.ops.stafast_ext.frame_attention, torch.ops.stafast_ext.frame_attention_backward
+
+
+def _fake(x, bias, scale):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("stafast::frame_attention_backward", mutates_args=())
-def _backward_op(grad: Tensor, x: Tensor, bias: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    return _backend.dispatch(IMPLS, 1, x.device, grad, x, bias, scale)
-
-
-@_backward_op.register_fake
-def _(grad, x, bias, scale):
+def _backward_fake(grad, x, bias, scale):
     return torch.empty_like(x), torch.empty_like(bias)
 
 
-def _setup_context(ctx, inputs, output):
-    x, bias, scale = inputs
-    ctx.save_for_backward(x, bias)
-    ctx.scale = scale
+def _inputs(shape, dtype, device):
+    b, n, k, d = shape
+    scale = 0.1 + 0.9 * torch.rand(()).item()
+    return torch.randn(b, n, k, d, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device), scale
 
 
-def _autograd(ctx, grad):
-    x, bias = ctx.saved_tensors
-    grad_x, grad_bias = _backward_op(grad.contiguous(), x, bias, ctx.scale)
-    return grad_x, grad_bias, None
-
-
-_op.register_autograd(_autograd, setup_context=_setup_context)
+OP = _spec.register(_spec.OpSpec(
+    name=NAME, forward=reference.frame_attention, backward=reference.frame_attention_backward,
+    triton=_triton, ext=_ext, fake=_fake, backward_fake=_backward_fake, inputs=_inputs,
+    # (B, N, K, D): N = 1 and K = 1, D not a multiple of 16; N > 16 takes several Triton N tiles,
+    # N > 64 and > 128 the workspace path.
+    test_shapes=((1, 1, 1, 1), (2, 1, 3, 5), (3, 6, 2, 33), (1, 4, 1, 70), (2, 7, 6, 19), (2, 20, 2, 37),
+                 (1, 70, 1, 9), (1, 150, 1, 5))))
 
 
 def frame_attention(x: Tensor, bias: Tensor, scale: float = 1.0) -> Tensor:
@@ -70,6 +66,4 @@ def frame_attention(x: Tensor, bias: Tensor, scale: float = 1.0) -> Tensor:
         raise ValueError(f"{NAME}: bias has shape {tuple(bias.shape)} but must be (N, N) = ({n}, {n}) "
                          f"for x of shape {tuple(x.shape)}")
     scale = _checks.finite(NAME, "scale", scale)
-    if _backend.inline_reference():
-        return reference.frame_attention(x, bias, scale)
-    return _op(x.contiguous(), bias.contiguous(), scale)
+    return OP(x.contiguous(), bias.contiguous(), scale)

@@ -11,44 +11,45 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _backend, _checks, reference
+from . import _checks, _spec, reference
 
 NAME = "spatial_softmax_pool"
-IMPLS = _backend.implementations(NAME, reference.spatial_softmax_pool, reference.spatial_softmax_pool_backward)
 
 
-@torch.library.custom_op("stafast::spatial_softmax_pool", mutates_args=())
-def _op(logits: Tensor, feats: Tensor) -> tuple[Tensor, Tensor]:
-    return _backend.dispatch(IMPLS, 0, logits.device, logits, feats)
+def _triton():
+    from stafast.kernels import spatial_softmax_pool as kernels
+    return kernels.forward, kernels.backward
 
 
-@_op.register_fake
-def _(logits, feats):
+def _ext():
+    return torch.ops.stafast_ext.spatial_softmax_pool, torch.ops.stafast_ext.spatial_softmax_pool_backward
+
+
+def _fake(logits, feats):
     m, k, _ = logits.shape
     return feats.new_empty(m, k, feats.shape[-1]), torch.empty_like(logits)
 
 
-@torch.library.custom_op("stafast::spatial_softmax_pool_backward", mutates_args=())
-def _backward_op(grad_pooled: Tensor, grad_attn: Tensor, logits: Tensor, feats: Tensor) -> tuple[Tensor, Tensor]:
-    return _backend.dispatch(IMPLS, 1, logits.device, grad_pooled, grad_attn, logits, feats)
-
-
-@_backward_op.register_fake
-def _(grad_pooled, grad_attn, logits, feats):
+def _backward_fake(grad_pooled, grad_attn, logits, feats):
     # grad_feats is contiguous whatever the strides of feats (every backend writes a new tensor)
     return torch.empty_like(logits), feats.new_empty(feats.shape)
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+def _inputs(shape, dtype, device):
+    m, k, l, d = shape
+    return 2 * torch.randn(m, k, l, dtype=dtype, device=device), torch.randn(m, l, d, dtype=dtype, device=device)
 
 
-def _autograd(ctx, grad_pooled, grad_attn):
-    logits, feats = ctx.saved_tensors
-    return _backward_op(grad_pooled.contiguous(), grad_attn.contiguous(), logits, feats)
-
-
-_op.register_autograd(_autograd, setup_context=_setup_context)
+OP = _spec.register(_spec.OpSpec(
+    name=NAME, forward=reference.spatial_softmax_pool, backward=reference.spatial_softmax_pool_backward,
+    triton=_triton, ext=_ext, fake=_fake, backward_fake=_backward_fake, inputs=_inputs,
+    # (M, K, L, D), odd on purpose: K = 1, L not a power of two, D not a multiple of 16. The CPU
+    # tiles (6 heads x 2-3 rows, 6 heads x 2-4 vectors of channels) get full tiles followed by smaller
+    # last tiles of every size: K = 7 and 9, L = 5 to 50, D = 115 (64 + 48 + 3 channels in fp32). The
+    # last two take several Triton tiles: L > 256 several L tiles, K > 16, 32 and 64 K tiles and
+    # backward head groups.
+    test_shapes=((1, 1, 1, 1), (3, 1, 7, 5), (4, 6, 32, 33), (2, 3, 13, 70), (5, 2, 50, 17), (2, 9, 6, 40),
+                 (2, 7, 5, 115), (2, 20, 300, 37), (1, 70, 9, 21))))
 
 
 def spatial_softmax_pool(logits: Tensor, feats: Tensor) -> tuple[Tensor, Tensor]:
@@ -64,8 +65,6 @@ def spatial_softmax_pool(logits: Tensor, feats: Tensor) -> tuple[Tensor, Tensor]
     m, k, l = logits.shape
     _checks.dim(NAME, "feats", feats, 0, m, "its M (frames) as in logits", f"({m}, {l}, D)")
     _checks.dim(NAME, "feats", feats, 1, l, "its L (grid cells) as in logits", f"({m}, {l}, D)")
-    if _backend.inline_reference():
-        return reference.spatial_softmax_pool(logits, feats)
     # feats goes as it is: the Triton kernels read it through its strides (the (M, D, L) -> (M, L, D)
     # view of a channels-first feature map needs no copy); the other backends copy if they must.
-    return _op(logits.contiguous(), feats)
+    return OP(logits.contiguous(), feats)

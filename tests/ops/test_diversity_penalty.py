@@ -4,7 +4,7 @@ import torch
 
 from stafast import ops
 from stafast.ops import reference
-from .cases import DEVICE, DIV_SHAPES, DTYPES, attn_inputs, backends, close, low_precision_backends, np64
+from .cases import DEVICE, DIV_SHAPES, DTYPES, attn_inputs, backends, close, low_precision, np64
 
 
 def oracle(attn, kind):
@@ -90,8 +90,7 @@ def test_opcheck(backend_name):
                                   (torch.randn(3, device=DEVICE), attn.detach(), kind))
 
 
-@low_precision_backends
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@low_precision
 def test_16_bit_gives_float32(backend_name, dtype):
     attn = attn_inputs((3, 4, 6), dtype, requires_grad=True)
     with ops.backend(backend_name):

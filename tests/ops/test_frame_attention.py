@@ -6,7 +6,7 @@ import torch
 
 from stafast import ops
 from stafast.ops import reference
-from .cases import DEVICE, DTYPES, FA_SHAPES, backends, close, fa_inputs, like, low_precision_backends, np64
+from .cases import DEVICE, DTYPES, FA_SHAPES, backends, close, fa_inputs, like, low_precision, np64
 
 
 def oracle(x, bias, scale):
@@ -58,8 +58,7 @@ def test_opcheck(backend_name):
                               (torch.randn(2, 3, 2, 5, device=DEVICE), x.detach(), bias.detach(), scale))
 
 
-@low_precision_backends
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@low_precision
 def test_16_bit(backend_name, dtype):
     x, bias, scale = fa_inputs((2, 3, 2, 5), dtype, requires_grad=True)
     with ops.backend(backend_name):

@@ -4,7 +4,7 @@ import torch
 
 from stafast import ops
 from stafast.ops import reference
-from .cases import DEVICE, DTYPES, SSP_SHAPES, backends, close, like, low_precision_backends, np64, ssp_inputs
+from .cases import DEVICE, DTYPES, SSP_SHAPES, backends, close, like, low_precision, np64, ssp_inputs
 
 
 def oracle(logits, feats):
@@ -65,8 +65,7 @@ def test_opcheck(backend_name):
                               (*g, logits.detach(), feats.detach()))
 
 
-@low_precision_backends
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@low_precision
 def test_16_bit(backend_name, dtype):
     logits, feats = ssp_inputs((3, 2, 7, 5), dtype, requires_grad=True)
     with ops.backend(backend_name):
