@@ -106,7 +106,8 @@ def make_stage(s: Settings, cfg: TrainConfig, stage: int, device: torch.device) 
     model.train()
     if stage in (2, 3):
         model.backbone.eval()
-    return T.Stage(0, stage, 1, model, net, mc, criterion, optimizer, scheduler, T.LossMeter(device))
+    return T.Stage(0, stage, 1, model, net, mc, criterion, optimizer, scheduler,
+                   T.LossMeter(T.loss_names(criterion), device))
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from . import ops
 from .data import DATASET_NAMES, PIPELINES
-from .losses import ID_LOSSES
+from .losses import LOSSES
 from .metrics import PROTOCOLS
 from .models import ABLATIONS, ARCHS, DIVERSITY_KINDS, SPATIAL_POOLINGS, TEMPORAL_POOLINGS, with_ablation
 from .models.backbone import LAST_STRIDES
@@ -76,8 +76,8 @@ class TrainConfig:
         (1, 2, 3), "comma-separated stages to run, in order: 1 CNN alone, 2 attention + average pooling (CNN "
                    "frozen), 3 all but the CNN, 4 whole network", OPTIM)
     epochs: tuple[int, ...] = _opt((30, 20, 20), "epochs per stage (one value, or one per stage)", OPTIM)
-    loss: str = _opt("oim", "identity loss (oim: the paper's, on the normalised embedding; softmax: a classifier "
-                            "on the batch-normalised feature before the L2 norm)", OPTIM, tuple(ID_LOSSES))
+    loss: str = _opt("oim", "training loss, stafast.losses.LOSSES (" + "; ".join(
+        f"{name}: {build.__doc__.strip().rstrip('.')}" for name, build in LOSSES.items()) + ")", OPTIM, tuple(LOSSES))
     oim_scalar: float = _opt(30.0, "OIM logit scale (1 / temperature)", OPTIM)
     oim_momentum: float = _opt(0.5, "OIM table momentum", OPTIM)
     lr: float = _opt(0.1, "initial learning rate, x0.1 after --lr-step of each stage's epochs", OPTIM)

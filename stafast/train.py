@@ -28,7 +28,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import functools
 import json
+import operator
 import os
 import random
 import sys
@@ -46,13 +49,9 @@ from .checkpoint import FORMAT, load_checkpoint, rng_state, save_atomic, set_rng
 from .config import SYNTHETIC, TrainConfig, field_types
 from .data import ClipPlan, ShardedPlan, build_loader, load_dataset
 from .evaluate import evaluate_dataset
-from .losses import OIMLoss, SoftmaxLoss
+from .losses import Criterion, OIMLoss, build_criterion
 from .models import ABLATIONS, STA, build_model
 from .models.backbone import warn_random_init
-
-LOSS_NAMES = ("loss", "id_loss", "diversity")  # what a step records, in this order
-TB_NAMES = {"loss": "loss/total", "id_loss": "loss/id", "diversity": "loss/diversity"}
-
 
 class NonFiniteLoss(RuntimeError):
     pass
@@ -201,8 +200,8 @@ def finish(run: Run, stage: "Stage | None", stopped: bool = False) -> dict:
     if run.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    criterion = stage.criterion if stage else None
-    table = criterion.lut.detach().cpu().clone() if isinstance(criterion, OIMLoss) else None
+    oim = [m for m in stage.criterion.modules() if isinstance(m, OIMLoss)] if stage else []
+    table = oim[0].lut.detach().cpu().clone() if oim else None
     return {"metrics": run.history, "stopped": stopped, "oim_table": table}
 
 
@@ -246,12 +245,6 @@ def transfer(model, previous_state: dict) -> int:
     return len(fits)
 
 
-def build_criterion(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
-    if cfg.loss == "oim":
-        return OIMLoss(cfg.embed_dim, num_classes, cfg.oim_scalar, cfg.oim_momentum)
-    return SoftmaxLoss(cfg.embed_dim, num_classes)
-
-
 def build_trainable(cfg: TrainConfig, stage: int, num_classes: int, device: torch.device, world: int = 1,
                     backbone_weights: str | None = None, previous_state: dict | None = None, epochs: int = 1,
                     compile_backend: str = "inductor"):
@@ -286,7 +279,8 @@ def setup_stage(run: Run, si: int) -> Stage:
     weights = cfg.backbone_weights if si == 0 and resume is None else None
     model, net, mc, criterion, optimizer, scheduler = build_trainable(
         cfg, number, run.dataset.num_train_pids, run.device, run.world, weights, run.previous_state, epochs)
-    stage = Stage(si, number, epochs, model, net, mc, criterion, optimizer, scheduler, LossMeter(run.device))
+    stage = Stage(si, number, epochs, model, net, mc, criterion, optimizer, scheduler,
+                  LossMeter(loss_names(criterion), run.device))
     if resume is not None:
         if resume["model_config"] != mc:
             raise ValueError(f"--resume: the checkpoint's stage {resume['stage']} model {resume['model_config']} differs "
@@ -296,7 +290,7 @@ def setup_stage(run: Run, si: int) -> Stage:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         stage.start_epoch, stage.start_step = resume["epoch"], resume["step"]
-        stage.meter.restore(resume.get("epoch_losses", {"sums": [0.0] * len(LOSS_NAMES), "steps": 0}))
+        stage.meter.restore(resume["epoch_losses"])
         set_rng_state(resume["rng"])  # last: building the stage above drew from the generators
         run.resume = None
     if stage.start_epoch < epochs:
@@ -310,19 +304,26 @@ def setup_stage(run: Run, si: int) -> Stage:
 
 
 # ----------------------------------------------------------------------------- epochs and steps
-class LossMeter:
-    """Loss sums kept on the device, so that a step never waits for it: `add` per step, `read`
-    (one host sync) every --log-every steps, at the end of an epoch and before a checkpoint."""
+def loss_names(criterion: Criterion) -> tuple[str, ...]:
+    """What a step records, in this order: the total, the criterion's terms, the weighted Q term."""
+    return ("loss", *criterion.terms, "diversity")
 
-    def __init__(self, device: torch.device):
-        self.window = torch.zeros(len(LOSS_NAMES) + 1, device=device)  # sums, then the count of non-finite steps
+
+class LossMeter:
+    """Sums of the named losses of each step (loss_names), kept on the device so that a step never
+    waits for it: `add` per step, `read` (one host sync) every --log-every steps, at the end of an
+    epoch and before a checkpoint."""
+
+    def __init__(self, names: tuple[str, ...], device: torch.device):
+        self.names = tuple(names)
+        self.window = torch.zeros(len(self.names) + 1, device=device)  # sums, then the count of non-finite steps
         self.window_steps = 0
         self.window_start = time.perf_counter()
-        self.epoch_sums, self.epoch_steps = [0.0] * len(LOSS_NAMES), 0
+        self.new_epoch()
 
-    def add(self, *losses: torch.Tensor) -> None:
-        values = torch.stack([x.detach().float() for x in losses])
-        self.window += torch.cat([values, (~torch.isfinite(values[:1])).float()])
+    def add(self, losses: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([losses[k].detach().float() for k in self.names])
+        self.window += torch.cat([values, (~torch.isfinite(values[:1])).float()])  # the total's finiteness
         self.window_steps += 1
 
     def read(self) -> tuple[dict, int, float]:
@@ -331,51 +332,57 @@ class LossMeter:
         values = self.window.tolist()
         seconds = time.perf_counter() - self.window_start
         steps = max(1, self.window_steps)
-        means = {k: v / steps for k, v in zip(LOSS_NAMES, values)}
-        self.epoch_sums = [a + b for a, b in zip(self.epoch_sums, values)]
+        means = {k: v / steps for k, v in zip(self.names, values)}
+        for k, v in zip(self.names, values):
+            self.epoch_sums[k] += v
         self.epoch_steps += self.window_steps
         self.window.zero_()
         self.window_steps, self.window_start = 0, time.perf_counter()
         return means, int(values[-1]), seconds
 
     def epoch_means(self) -> dict:
-        return {k: v / max(1, self.epoch_steps) for k, v in zip(LOSS_NAMES, self.epoch_sums)}
+        return {k: v / max(1, self.epoch_steps) for k, v in self.epoch_sums.items()}
 
     def state(self) -> dict:
-        return {"sums": list(self.epoch_sums), "steps": self.epoch_steps}
+        return {"sums": dict(self.epoch_sums), "steps": self.epoch_steps}
 
     def restore(self, state: dict) -> None:
-        self.epoch_sums, self.epoch_steps = list(state["sums"]), state["steps"]
+        if tuple(state["sums"]) != self.names:
+            raise ValueError(f"--resume: the checkpoint's losses {tuple(state['sums'])} are not this run's {self.names}")
+        self.epoch_sums, self.epoch_steps = dict(state["sums"]), state["steps"]
 
     def new_epoch(self) -> None:
-        self.epoch_sums, self.epoch_steps = [0.0] * len(LOSS_NAMES), 0
+        self.epoch_sums, self.epoch_steps = dict.fromkeys(self.names, 0.0), 0
 
 
-def gather_for_loss(features: torch.Tensor, pids: torch.Tensor, world: int):
-    """The global batch on every rank (gradients flow back to each rank's own part), so that the OIM
-    table receives the same update everywhere and stays identical across ranks (and the softmax
-    loss's batch normalisation sees the global batch)."""
+def gather_for_loss(out, fields: tuple[str, ...], pids: torch.Tensor, world: int):
+    """The global batch on every rank (gradients flow back to each rank's own part): the output
+    `fields` the criterion reads, and the pids.  So the OIM table receives the same update
+    everywhere and stays identical across ranks (and the softmax loss's batch normalisation sees
+    the global batch)."""
     if world == 1:
-        return features, pids
+        return out, pids
     import torch.distributed.nn.functional as dnn
     all_pids = [torch.empty_like(pids) for _ in range(world)]
     dist.all_gather(all_pids, pids)
-    return torch.cat(dnn.all_gather(features)), torch.cat(all_pids)
+    gathered = {f: torch.cat(dnn.all_gather(getattr(out, f))) for f in fields}
+    return dataclasses.replace(out, **gathered), torch.cat(all_pids)
 
 
 def train_step(stage: Stage, clips: torch.Tensor, pids: torch.Tensor, diversity_weight: float,
                amp_dtype: torch.dtype | None = None, world: int = 1) -> None:
-    """One SGD step on a batch already on the device.  No host sync, no tensor made on the host and
-    no branch on a device value: on a GPU it runs ahead of the device and can be captured."""
+    """One optimizer step on a batch already on the device: the criterion's terms plus
+    diversity_weight * Q, summed.  No host sync, no tensor made on the host and no branch on a
+    device value: on a GPU it runs ahead of the device and can be captured."""
     with torch.autocast(clips.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
         out = stage.net(clips)
-    features, all_pids = gather_for_loss(getattr(out, stage.criterion.takes), pids, world)
-    id_loss = stage.criterion(features, all_pids)
-    loss = id_loss + diversity_weight * out.diversity_loss
+    terms = stage.criterion(*gather_for_loss(out, stage.criterion.takes, pids, world))
+    terms["diversity"] = diversity_weight * out.diversity_loss
+    loss = functools.reduce(operator.add, terms.values())
     stage.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     stage.optimizer.step()
-    stage.meter.add(loss, id_loss, out.diversity_loss)
+    stage.meter.add({"loss": loss, **terms})
 
 
 def run_epoch(run: Run, stage: Stage, epoch: int) -> bool:
@@ -423,8 +430,8 @@ def log(run: Run, stage: Stage, epoch: int, bar=None) -> None:
     if bad:
         first = run.global_step - steps + 1
         raise NonFiniteLoss(f"non-finite loss ({means['loss']}) in {bad} of global steps {first}..{run.global_step} "
-                            f"(stage {stage.number}, epoch {epoch + 1}; id loss {means['id_loss']}, diversity "
-                            f"{means['diversity']}); the last good checkpoint is {run.ckpt_path}")
+                            f"(stage {stage.number}, epoch {epoch + 1}; {terms_text(means)}); the last good "
+                            f"checkpoint is {run.ckpt_path}")
     if not steps:
         return
     lr = stage.optimizer.param_groups[0]["lr"]
@@ -432,10 +439,15 @@ def log(run: Run, stage: Stage, epoch: int, bar=None) -> None:
     if bar is not None:
         bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{lr:.3g}", clips_s=f"{rate:.1f}")
     if run.writer:
-        for k, name in TB_NAMES.items():
-            run.writer.add_scalar(name, means[k], run.global_step)
+        for k, v in means.items():
+            run.writer.add_scalar("loss/total" if k == "loss" else f"loss/{k}", v, run.global_step)
         run.writer.add_scalar("lr", lr, run.global_step)
         run.writer.add_scalar("clips_per_s", rate, run.global_step)
+
+
+def terms_text(losses: dict, spec: str = "") -> str:
+    """"id 0.5, diversity 0.1": the terms of a loss record, without the total."""
+    return ", ".join(f"{k} {v:{spec}}" for k, v in losses.items() if k != "loss")
 
 
 def end_epoch(run: Run, stage: Stage, epoch: int, rate: float | None) -> None:
@@ -454,7 +466,7 @@ def end_epoch(run: Run, stage: Stage, epoch: int, rate: float | None) -> None:
     if run.main_proc:
         speed = f", {rate:.1f} clips/s" if rate is not None else ""
         print(f"stage {stage.number} epoch {epoch + 1}/{stage.epochs}: loss {losses['loss']:.4f} "
-              f"(id {losses['id_loss']:.4f}, Q {losses['diversity']:.4f}){speed}", file=sys.stderr)
+              f"({terms_text(losses, '.4f')}){speed}", file=sys.stderr)
     last = epoch + 1 == stage.epochs
     if not cfg.no_eval and ((cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or last):
         if run.main_proc:

@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stafast.losses import OIMLoss, SoftmaxLoss, TripletLoss
+from stafast.losses import OIMLoss, SoftmaxLoss
+from stafast.losses.triplet import TripletLoss
 
 
 def toy_problem(num_ids=5, per_id=4, dim=16):

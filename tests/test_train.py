@@ -40,8 +40,8 @@ def test_end_to_end_writes_metrics_and_a_loadable_checkpoint(tiny_root, tmp_path
     assert metrics["epoch"] == 2 and metrics["dataset"] == "synthetic" and 0 <= metrics["rank1"] <= 1
     assert [r["epoch"] for r in saved["history"]] == [1, 2] and "rank1" not in saved["history"][0]
     for record in saved["history"]:  # per-epoch mean train losses
-        assert record["train_loss"] == pytest.approx(record["train_id_loss"] + record["train_diversity"])
-        assert record["train_id_loss"] > 0 and record["global_step"] == 2 * record["epoch"]
+        assert record["train_loss"] == pytest.approx(record["train_id"] + record["train_diversity"])
+        assert record["train_id"] > 0 and record["train_diversity"] > 0 and record["global_step"] == 2 * record["epoch"]
     assert result["oim_table"] is not None
     model, state = load_model(str(tmp_path / "checkpoint.pt"))
     assert state["epoch"] == 2 and model.num_heads == 2
@@ -204,7 +204,7 @@ def test_train_step_never_reads_the_device_nor_makes_host_tensors(loss):
     cfg = TrainConfig.create("synthetic", arch="resnet18", heads=2, hidden=8, frames=3, loss=loss)
     meta = torch.device("meta")
     model, net, mc, criterion, optimizer, scheduler = T.build_trainable(cfg, 4, 5, meta)
-    stage = T.Stage(0, 4, 1, model, net, mc, criterion, optimizer, scheduler, T.LossMeter(meta))
+    stage = T.Stage(0, 4, 1, model, net, mc, criterion, optimizer, scheduler, T.LossMeter(T.loss_names(criterion), meta))
     clips, pids = torch.randn(4, 3, 3, 32, 16, device=meta), torch.zeros(4, dtype=torch.long, device=meta)
     with CreatedOn() as mode:
         for _ in range(2):
