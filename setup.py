@@ -10,6 +10,7 @@ Build with `pip install --no-build-isolation .` so the installed torch is used.
 """
 import glob
 import os
+import runpy
 import shutil
 
 from setuptools import setup
@@ -64,6 +65,14 @@ def extensions():
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
 
 
+def extras() -> dict:
+    """The optional dependencies, from their one list (stafast/extras.py), and "test": what the test
+    suite needs (every extra but DALI, which `make test` adds as its own extra)."""
+    extras = runpy.run_path(os.path.join(HERE, "stafast", "extras.py"))["EXTRAS"]
+    tested = sorted({r for name, reqs in extras.items() if name != "dali" for r in reqs})
+    return {**extras, "test": ["pytest", "pytest-benchmark", *tested]}
+
+
 ext_modules, cmdclass = extensions()
 
 setup(
@@ -75,9 +84,8 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir={"stafast.kernels": "kernels"},
-    install_requires=["torch>=2.6", "torchvision", "numpy", "scipy", "tqdm", "pillow", "tensorboard", "matplotlib"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "av>=17", "onnx", "onnxruntime", "onnxscript"],
-                    "dali": ["nvidia-dali-cuda130"], "video": ["av>=17"], "export": ["onnx", "onnxscript"]},
+    install_requires=["torch>=2.6", "torchvision", "numpy", "scipy", "tqdm", "pillow", "matplotlib"],
+    extras_require=extras(),
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

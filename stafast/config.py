@@ -2,8 +2,9 @@
 
 `TrainConfig` is what the trainer reads and what its checkpoints store (as a plain dict, read
 back with `TrainConfig.from_dict`).  Each field carries its help text, its CLI group and, where
-the value is a name, the registry of allowed names; `stafast.train` builds its argument parser
-from these fields, so flags, defaults, choices and checks cannot drift apart.
+the value is a name, the registry of allowed names (stafast.cli.option); `stafast.train` derives
+its argument parser from these fields (stafast.cli), so flags, defaults, choices and checks
+cannot drift apart.
 
 Defaults follow the paper (Sec. 4.2) for the real datasets; `--dataset synthetic` replaces the
 fields of SYNTHETIC (a small CPU-sized run).  `TrainConfig.create` applies that preset.
@@ -11,10 +12,10 @@ fields of SYNTHETIC (a small CPU-sized run).  `TrainConfig.create` applies that 
 from __future__ import annotations
 
 import dataclasses
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import ops
+from .cli import option
 from .data import DATASET_NAMES, PIPELINES
 from .losses import LOSSES
 from .metrics import PROTOCOLS
@@ -33,8 +34,11 @@ SYNTHETIC = dict(arch="resnet18", height=128, width=64, stages=(4,), epochs=(15,
                  ids_per_batch=4, tracklets_per_id=2, loss="softmax")
 
 
-def _opt(default, help: str, group: str, choices=None, **cli):
-    return field(default=default, metadata=dict(help=help, group=group, choices=choices, cli=cli))
+def split_option(group: str | None = None, all_splits: bool = False):
+    """The --split of every command: an int (annotate the field `int`), or with `all_splits` also
+    "all" for the mean over the 10 splits (annotate it `int | Literal["all"]`)."""
+    return option(0, "iLIDS-VID / PRID2011 split 0..9" + (", or all: the mean over the 10" if all_splits else ""),
+                  group)
 
 
 MODEL, OPTIM, RUN = "model (Sec. 3; Table 1 and Table 2 ablations)", "optimisation (Sec. 4.2)", "running"
@@ -42,67 +46,67 @@ MODEL, OPTIM, RUN = "model (Sec. 3; Table 1 and Table 2 ablations)", "optimisati
 
 @dataclass
 class TrainConfig:
-    dataset: str = _opt("synthetic", "dataset", "data", DATASET_NAMES)
-    root: str | None = _opt(None, "dataset root in its published layout (synthetic: optional cache folder)", "data")
-    split: int = _opt(0, "iLIDS-VID / PRID2011 split 0..9", "data")
-    output: str = _opt("runs/stafast", "output folder: checkpoint.pt, metrics.json, tb/", "data")
-    protocol: str = _opt("official", "MARS evaluation protocol", "data", tuple(PROTOCOLS))
+    dataset: str = option("synthetic", "dataset", "data", DATASET_NAMES)
+    root: str | None = option(None, "dataset root in its published layout (synthetic: optional cache folder)", "data")
+    split: int = split_option("data")
+    output: str = option("runs/stafast", "output folder: checkpoint.pt, metrics.json, tb/", "data")
+    protocol: str = option("official", "MARS evaluation protocol", "data", PROTOCOLS)
 
-    arch: str = _opt("resnet50", "ResNet backbone", MODEL, tuple(ARCHS))
-    backbone_weights: str | None = _opt(
+    arch: str = option("resnet50", "ResNet backbone", MODEL, tuple(ARCHS))
+    backbone_weights: str | None = option(
         None, "backbone start: a torchvision ResNet state dict (.pth) on this machine, or 'imagenet' for "
               "torchvision's ImageNet weights (downloaded once into the torch hub cache); default: random", MODEL)
-    last_stride: int = _opt(2, "stride of res5 (1: a 16x8 grid at 256x128)", MODEL, LAST_STRIDES)
-    frames: int = _opt(6, "N frames per clip", MODEL)
-    heads: int = _opt(6, "K spatial attention models", MODEL)
-    hidden: int = _opt(256, "d of Eq. 1", MODEL)
-    embed_dim: int = _opt(128, "size of the L2-normalised embedding", MODEL)
-    ablation: str | None = _opt(
+    last_stride: int = option(2, "stride of res5 (1: a 16x8 grid at 256x128)", MODEL, LAST_STRIDES)
+    frames: int = option(6, "N frames per clip", MODEL)
+    heads: int = option(6, "K spatial attention models", MODEL)
+    hidden: int = option(256, "d of Eq. 1", MODEL)
+    embed_dim: int = option(128, "size of the L2-normalised embedding", MODEL)
+    ablation: str | None = option(
         None, "a Table 1 row: sets --spatial-pooling, --diversity-kind, --temporal-pooling and --enhance as that row "
               "does; a flag may repeat the row's value but not contradict it (an error)", MODEL, tuple(ABLATIONS))
-    spatial_pooling: str = _opt("attention", "spatial pooling of each frame: the K heads of Eqs. 1-3, or avg (Table "
+    spatial_pooling: str = option("attention", "spatial pooling of each frame: the K heads of Eqs. 1-3, or avg (Table "
                                              "1's baseline: global average pooling, K = 1)", MODEL, SPATIAL_POOLINGS)
-    diversity_kind: str = _opt("hellinger", "diversity penalty: Q (Eq. 9), Q' (Eq. 10) or none", MODEL,
+    diversity_kind: str = option("hellinger", "diversity penalty: Q (Eq. 9), Q' (Eq. 10) or none", MODEL,
                                DIVERSITY_KINDS)
-    diversity_weight: float = _opt(1.0, "coefficient of Q in the loss", MODEL)
-    temporal_pooling: str = _opt("attention", "temporal pooling (Eqs. 11-13, or average / max)", MODEL,
+    diversity_weight: float = option(1.0, "coefficient of Q in the loss", MODEL)
+    temporal_pooling: str = option("attention", "temporal pooling (Eqs. 11-13, or average / max)", MODEL,
                                  TEMPORAL_POOLINGS)
-    enhance: bool = _opt(True, "the frame enhancement E of Eq. 4", MODEL)
-    enhance_scale: str = _opt("sqrt", "scale of X X^T in the enhancement (sqrt: 1/sqrt(D))", MODEL, ENHANCE_SCALES)
-    height: int = _opt(256, "input height", MODEL)
-    width: int = _opt(128, "input width", MODEL)
+    enhance: bool = option(True, "the frame enhancement E of Eq. 4", MODEL)
+    enhance_scale: str = option("sqrt", "scale of X X^T in the enhancement (sqrt: 1/sqrt(D))", MODEL, ENHANCE_SCALES)
+    height: int = option(256, "input height", MODEL)
+    width: int = option(128, "input width", MODEL)
 
-    stages: tuple[int, ...] = _opt(
+    stages: tuple[int, ...] = option(
         (1, 2, 3), "comma-separated stages to run, in order: 1 CNN alone, 2 attention + average pooling (CNN "
                    "frozen), 3 all but the CNN, 4 whole network", OPTIM)
-    epochs: tuple[int, ...] = _opt((30, 20, 20), "epochs per stage (one value, or one per stage)", OPTIM)
-    loss: str = _opt("oim", "training loss, stafast.losses.LOSSES (" + "; ".join(
+    epochs: tuple[int, ...] = option((30, 20, 20), "epochs per stage (one value, or one per stage)", OPTIM)
+    loss: str = option("oim", "training loss, stafast.losses.LOSSES (" + "; ".join(
         f"{name}: {build.__doc__.strip().rstrip('.')}" for name, build in LOSSES.items()) + ")", OPTIM, tuple(LOSSES))
-    oim_scalar: float = _opt(30.0, "OIM logit scale (1 / temperature)", OPTIM)
-    oim_momentum: float = _opt(0.5, "OIM table momentum", OPTIM)
-    lr: float = _opt(0.1, "initial learning rate, x0.1 after --lr-step of each stage's epochs", OPTIM)
-    lr_step: float = _opt(0.5, "fraction of a stage's epochs after which the learning rate drops", OPTIM)
-    momentum: float = _opt(0.9, "SGD momentum", OPTIM)
-    weight_decay: float = _opt(5e-4, "SGD weight decay", OPTIM)
-    ids_per_batch: int = _opt(8, "P ids per batch", OPTIM)
-    tracklets_per_id: int = _opt(4, "Q tracklets per id (batch = P x Q clips)", OPTIM)
-    seed: int = _opt(0, "seed of the initialisation and of the clip plan", OPTIM)
-    deterministic: bool = _opt(False, "deterministic algorithms (bit-exact resume on the same machine)", OPTIM)
+    oim_scalar: float = option(30.0, "OIM logit scale (1 / temperature)", OPTIM)
+    oim_momentum: float = option(0.5, "OIM table momentum", OPTIM)
+    lr: float = option(0.1, "initial learning rate, x0.1 after --lr-step of each stage's epochs", OPTIM)
+    lr_step: float = option(0.5, "fraction of a stage's epochs after which the learning rate drops", OPTIM)
+    momentum: float = option(0.9, "SGD momentum", OPTIM)
+    weight_decay: float = option(5e-4, "SGD weight decay", OPTIM)
+    ids_per_batch: int = option(8, "P ids per batch", OPTIM)
+    tracklets_per_id: int = option(4, "Q tracklets per id (batch = P x Q clips)", OPTIM)
+    seed: int = option(0, "seed of the initialisation and of the clip plan", OPTIM)
+    deterministic: bool = option(False, "deterministic algorithms (bit-exact resume on the same machine)", OPTIM)
 
-    backend: str = _opt("auto", "stafast.ops backend", RUN, ("auto",) + ops.BACKENDS)
-    amp: str = _opt("bf16", "autocast dtype on GPU", RUN, AMP)
-    compile: bool = _opt(False, "torch.compile the model (the stafast ops stay opaque custom ops)", RUN)
-    pipeline: str = _opt("auto", "frame pipeline (auto: DALI when installed)", RUN, PIPELINES)
-    workers: int = _opt(2, "data worker processes", RUN)
-    eval_every: int = _opt(0, "evaluate every E epochs (0: at the end of each stage)", RUN)
-    no_eval: bool = _opt(False, "never evaluate", RUN)
-    rerank: bool = _opt(False, "evaluations also report CMC/mAP after k-reciprocal re-ranking (rerank_*)", RUN)
-    log_every: int = _opt(50, "read the losses (a host sync) every S steps, and at each epoch's end", RUN)
-    checkpoint_every: int = _opt(0, "also checkpoint every M steps", RUN)
-    max_steps: int = _opt(0, "stop (with a checkpoint) after this many steps in all; 0: no limit", RUN)
-    resume: str | None = _opt(None, "checkpoint to resume; without a value OUTPUT/checkpoint.pt", RUN,
+    backend: str = option("auto", "stafast.ops backend", RUN, ("auto",) + ops.BACKENDS)
+    amp: str = option("bf16", "autocast dtype on GPU", RUN, AMP)
+    compile: bool = option(False, "torch.compile the model (the stafast ops stay opaque custom ops)", RUN)
+    pipeline: str = option("auto", "frame pipeline (auto: DALI when installed)", RUN, PIPELINES)
+    workers: int = option(2, "data worker processes", RUN)
+    eval_every: int = option(0, "evaluate every E epochs (0: at the end of each stage)", RUN)
+    no_eval: bool = option(False, "never evaluate", RUN)
+    rerank: bool = option(False, "evaluations also report CMC/mAP after k-reciprocal re-ranking (rerank_*)", RUN)
+    log_every: int = option(50, "read the losses (a host sync) every S steps, and at each epoch's end", RUN)
+    checkpoint_every: int = option(0, "also checkpoint every M steps", RUN)
+    max_steps: int = option(0, "stop (with a checkpoint) after this many steps in all; 0: no limit", RUN)
+    resume: str | None = option(None, "checkpoint to resume; without a value OUTPUT/checkpoint.pt", RUN,
                               nargs="?", const="auto")
-    progress: bool | None = _opt(None, "progress bars (default: when stderr is a terminal)", RUN)
+    progress: bool | None = option(None, "progress bars (default: when stderr is a terminal)", RUN)
 
     def __post_init__(self):
         self.stages, self.epochs = tuple(self.stages), tuple(self.epochs)
@@ -164,12 +168,3 @@ def _problem(check, *args) -> list[str]:
         return []
     except ValueError as e:
         return [str(e)]
-
-
-def field_types() -> dict[str, type]:
-    """Field name -> the type its CLI value is parsed into: int, float, str, bool or tuple (of ints)."""
-    out = {}
-    for name, hint in typing.get_type_hints(TrainConfig).items():
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        out[name] = tuple if typing.get_origin(hint) is tuple else args[0] if args else hint
-    return out

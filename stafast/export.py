@@ -13,24 +13,28 @@ stafast.ops` before torch.export.load registers them, and they run on the backen
 time (stafast.ops.backend).  ONNX: the same program with each stafast op decomposed into its
 reference math (stafast/ops/reference.py: softmax, matmul, ...), so the file holds standard ONNX
 operators only (opset 18 by default) and runs in onnxruntime or any ONNX runtime; written by
-torch.onnx (which needs the onnxscript package) as one file, weights included.
+torch.onnx as one file, weights included.  ONNX needs the export extra (onnx, onnxscript, and
+onnxruntime for the check): pip install 'stafast[export]'.
 
-After writing, the file's embeddings are compared with PyTorch's on a random batch (ONNX: with
-onnxruntime, when installed) and the largest difference is printed.
+After writing, the file's embeddings are compared with PyTorch's on a random batch (ONNX: in
+onnxruntime) and the largest difference is printed; --no-verify skips that.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from . import ops
+from . import cli, ops
 from .checkpoint import load_model
+from .cli import option
+from .extras import require
 from .ops import reference
+from .ops._checks import choice
 
 FORMATS = ("onnx", "pt2")
 OPSET = 18
@@ -68,8 +72,12 @@ def export(checkpoint: str, fmt: str, output: str, frames: int | None = None, he
            width: int | None = None, opset: int = OPSET, verify: bool = True) -> dict:
     """Write the embedding model of a stafast.train checkpoint to `output` as `fmt` ("onnx" or "pt2").
     Returns {"output", "format", "input_shape", "max_abs_diff" (None if not verified)}."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; expected one of {FORMATS}")
+    choice("export", "format", fmt, FORMATS)
+    if fmt == "onnx":  # before any work: what writing and checking the file will need
+        require("onnx", "export", "--format onnx")
+        require("onnxscript", "export", "--format onnx (torch.onnx's exporter)")
+        if verify:
+            require("onnxruntime", "export", "checking the ONNX file after writing it (or --no-verify)")
     model, state = load_model(checkpoint, "cpu")
     cfg = state["config"]  # the run's TrainConfig
     frames = frames or cfg.frames or model.num_frames
@@ -95,41 +103,40 @@ def export(checkpoint: str, fmt: str, output: str, frames: int | None = None, he
     return {"output": output, "format": fmt, "input_shape": ["B", frames, 3, height, width], "max_abs_diff": diff}
 
 
-def _verify(model: nn.Module, path: str, fmt: str, shape: tuple) -> float | None:
-    """The largest |exported - PyTorch| over the embeddings of one random batch; None without onnxruntime."""
+def _verify(model: nn.Module, path: str, fmt: str, shape: tuple) -> float:
+    """The largest |exported - PyTorch| over the embeddings of one random batch (ONNX: in onnxruntime)."""
     clips = torch.randn(*shape)
     with torch.no_grad():
         want = EmbeddingModel(model)(clips)
         if fmt == "pt2":
             got = torch.export.load(path).module()(clips)
         else:
-            try:
-                import onnxruntime
-            except ImportError:
-                return None
+            import onnxruntime
             session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
             got = torch.from_numpy(session.run(None, {"clips": clips.numpy()})[0])
     return float((got - want).abs().max())
 
 
+@dataclass(kw_only=True)
+class ExportConfig:
+    checkpoint: str = option(help="a stafast.train checkpoint.pt")
+    format: str = option(help="onnx: standard operators; pt2: torch.export with the stafast ops", choices=FORMATS)
+    output: str = option(help="the file to write (.onnx or .pt2)")
+    frames: int | None = option(None, "N frames per clip (default: the checkpoint's)")
+    height: int | None = option(None, "input height (default: the checkpoint's training size)")
+    width: int | None = option(None, "input width (default: the checkpoint's training size)")
+    opset: int = option(OPSET, "ONNX opset")
+    verify: bool = option(True, "compare the file's embeddings with PyTorch's on a random batch after writing")
+
+
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a stafast.train checkpoint.pt")
-    p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--output", required=True, help="the file to write (.onnx or .pt2)")
-    p.add_argument("--frames", type=int, help="N frames per clip (default: the checkpoint's)")
-    p.add_argument("--height", type=int, help="input height (default: the checkpoint's training size)")
-    p.add_argument("--width", type=int, help="input width (default: the checkpoint's training size)")
-    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
-    p.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch after writing")
-    a = p.parse_args(argv)
+    a = cli.parse(ExportConfig, argv, module="stafast.export", description=__doc__)
     try:
-        result = export(a.checkpoint, a.format, a.output, a.frames, a.height, a.width, a.opset, not a.no_verify)
+        result = export(a.checkpoint, a.format, a.output, a.frames, a.height, a.width, a.opset, a.verify)
     except (FileNotFoundError, ValueError) as e:
-        p.error(str(e))
+        cli.error(ExportConfig, "stafast.export", str(e))
     diff = result["max_abs_diff"]
-    checked = ("; not compared (onnxruntime is not installed)" if diff is None and not a.no_verify else
-               "" if diff is None else f"; max |exported - PyTorch| = {diff:.2e} on a random batch of 3")
+    checked = "" if diff is None else f"; max |exported - PyTorch| = {diff:.2e} on a random batch of 3"
     print(f"wrote {a.output} ({a.format}, clips (B, {', '.join(map(str, result['input_shape'][1:]))}) -> "
           f"embeddings){checked}", file=sys.stderr)
     return result

@@ -37,18 +37,19 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from . import ops
+from . import cli, ops
 from .checkpoint import FORMAT, load_checkpoint, rng_state, save_atomic, set_rng_state
-from .config import SYNTHETIC, TrainConfig, field_types
+from .config import SYNTHETIC, TrainConfig
 from .data import ClipPlan, ShardedPlan, build_loader, load_dataset
 from .evaluate import evaluate_dataset
+from .extras import MissingExtra, require
 from .losses import Criterion, OIMLoss, build_criterion
 from .models import ABLATIONS, STA, build_model
 from .models.backbone import warn_random_init
@@ -60,51 +61,15 @@ class NonFiniteLoss(RuntimeError):
 # ------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     """The CLI, one flag per TrainConfig field: its help, choices and (real) default come from the field."""
-    p = argparse.ArgumentParser(prog="python -m stafast.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    groups = {}
-    types = field_types()
-    for f in fields(TrainConfig):
-        m, kind = f.metadata, types[f.name]
-        if m["group"] not in groups:
-            groups[m["group"]] = p.add_argument_group(m["group"])
-        kw = dict(default=None, dest=f.name, help=m["help"])  # None: not given, TrainConfig.create fills it in
-        if kind is bool:
-            kw["action"] = "store_true" if f.default is False else argparse.BooleanOptionalAction
-            if f.default:
-                kw["help"] += " (default: on)"
-        else:
-            kw["type"] = _int_list if kind is tuple else kind
-            if kind is tuple:
-                kw["metavar"] = "N[,N...]"
-            if m["choices"]:
-                kw["choices"] = m["choices"]
-            if f.default is not None:
-                synthetic = f"; with --dataset synthetic: {_shown(SYNTHETIC[f.name])}" if f.name in SYNTHETIC else ""
-                kw["help"] += f" (default: {_shown(f.default)}{synthetic})"
-        kw.update(m["cli"])
-        groups[m["group"]].add_argument("--" + f.name.replace("_", "-"), **kw)
-    return p
-
-
-def _shown(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    return cli.build_parser(TrainConfig, "stafast.train", __doc__, PRESETS)
 
 
 def parse_args(argv=None) -> TrainConfig:
-    p = build_parser()
-    a = vars(p.parse_args(argv))
-    try:
-        return TrainConfig.create(**a)
-    except ValueError as e:
-        p.error(str(e))
+    return cli.parse(TrainConfig, argv, module="stafast.train", description=__doc__, presets=PRESETS,
+                     build=TrainConfig.create)
+
+
+PRESETS = {"--dataset synthetic": SYNTHETIC}  # shown beside the defaults in --help
 
 
 # ---------------------------------------------------------------------------------- the whole run
@@ -170,13 +135,20 @@ def start_run(cfg: TrainConfig) -> Run:
         print(dataset.summary(), file=sys.stderr)
         if not cfg.backbone_weights and cfg.dataset != "synthetic":
             warn_random_init(cfg.arch)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            # purge_step: a resumed run drops the events an interrupted one wrote after its checkpoint
-            run.writer = SummaryWriter(os.path.join(cfg.output, "tb"), purge_step=run.global_step if resume else None)
-        except ImportError:
-            warnings.warn("tensorboard is not installed: no TensorBoard scalars (metrics.json is still written)")
+        # purge_step: a resumed run drops the events an interrupted one wrote after its checkpoint
+        run.writer = open_writer(os.path.join(cfg.output, "tb"), run.global_step if resume else None)
     return run
+
+
+def open_writer(folder: str, purge_step: int | None):
+    """A TensorBoard writer into `folder`; without tensorboard, None and a warning naming its extra."""
+    try:
+        require("tensorboard", "tensorboard", "writing TensorBoard scalars")
+    except MissingExtra as e:
+        warnings.warn(f"{e}; training goes on, metrics.json is still written", UserWarning, stacklevel=2)
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(folder, purge_step=purge_step)
 
 
 def train(cfg: TrainConfig) -> dict:

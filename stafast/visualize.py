@@ -14,8 +14,8 @@ backend: no display needed.
 """
 from __future__ import annotations
 
-import argparse
 import os
+from dataclasses import dataclass
 
 import matplotlib
 
@@ -25,12 +25,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from . import cli  # noqa: E402
 from .checkpoint import load_model  # noqa: E402
+from .cli import option  # noqa: E402
+from .config import split_option  # noqa: E402
 from .data import DATASET_NAMES, ClipPlan, DatasetError, Tracklet, VideoTracklet, build_loader, load_dataset  # noqa: E402
 from .data.datasets import _sorted_frames  # noqa: E402
 from .data.video import video_tracklet  # noqa: E402
 from .data.frames import denormalise  # noqa: E402
-from .evaluate import HelpFormatter, extract  # noqa: E402
+from .evaluate import extract  # noqa: E402
 from .metrics import PROTOCOLS, evaluate  # noqa: E402
 
 
@@ -147,30 +150,41 @@ def ranks_figure(model, dataset, cfg, out: str, cmc_out: str, queries: int = 6, 
     return len(chosen) * (len(order) + 1) if len(chosen) else 0, result
 
 
+@dataclass(kw_only=True)
+class FigureConfig:
+    checkpoint: str = option(help="a stafast.train checkpoint.pt")
+    dataset: str | None = option(None, "draw from this dataset's query and gallery", choices=DATASET_NAMES)
+    root: str | None = option(None, "its root (default: the checkpoint's)")
+    split: int = split_option()
+    protocol: str = option("official", "MARS evaluation protocol", choices=PROTOCOLS)
+
+
+@dataclass(kw_only=True)
+class AttentionConfig(FigureConfig):
+    """The K receptive fields of each sampled frame of one tracklet, and the temporal weights."""
+    tracklet: str | None = option(None, "a folder of frames or a video file (one tracklet)")
+    index: int = option(0, "with --dataset: which query tracklet")
+    out: str = option("attention.png", "the figure to write")
+
+
+@dataclass(kw_only=True)
+class RanksConfig(FigureConfig):
+    """The top-k gallery tracklets of some queries, and the CMC curve."""
+    queries: int = option(6, "how many queries (drawn at random, seed 0)")
+    topk: int = option(8, "gallery tracklets per query")
+    out: str = option("ranks.png", "the figure of ranked lists to write")
+    cmc_out: str = option("cmc.png", "the CMC figure to write")
+
+
+COMMANDS = {"attention": AttentionConfig, "ranks": RanksConfig}
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="what", required=True)
-    for name in ("attention", "ranks"):
-        s = sub.add_parser(name, formatter_class=HelpFormatter)
-        s.add_argument("--checkpoint", required=True)
-        s.add_argument("--dataset", choices=DATASET_NAMES)
-        s.add_argument("--root")
-        s.add_argument("--split", type=int, default=0)
-        s.add_argument("--protocol", default="official", choices=PROTOCOLS)
-    att = sub.choices["attention"]
-    att.add_argument("--tracklet", help="a folder of frames or a video file (one tracklet)")
-    att.add_argument("--index", type=int, default=0, help="with --dataset: which query tracklet")
-    att.add_argument("--out", default="attention.png")
-    rk = sub.choices["ranks"]
-    rk.add_argument("--queries", type=int, default=6)
-    rk.add_argument("--topk", type=int, default=8)
-    rk.add_argument("--out", default="ranks.png")
-    rk.add_argument("--cmc-out", default="cmc.png")
-    a = p.parse_args(argv)
+    a = cli.parse(COMMANDS, argv, module="stafast.visualize", description=__doc__)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, state = load_model(a.checkpoint, device)
     cfg = state["config"]
-    if a.what == "attention":
+    if isinstance(a, AttentionConfig):
         if a.tracklet:
             t = tracklet_from_dir(a.tracklet)
         elif a.dataset:
@@ -179,14 +193,14 @@ def main(argv=None):
                 raise ValueError(f"--index must be in 0..{len(ds.query) - 1}, got {a.index}")
             t = ds.query[a.index]
         else:
-            p.error("attention needs --tracklet DIR or --dataset")
+            cli.error(COMMANDS, "stafast.visualize", "attention needs --tracklet DIR or --dataset")
         plan = ClipPlan([t], cfg.frames, "test")
         clip = next(iter(build_loader(plan, 1, cfg.height, cfg.width, pipeline="torch", workers=0)))["clips"][0]
         panels = attention_figure(model, clip, a.out, tracklet_name(t))
         print(f"wrote {a.out} ({panels} panels)")
     else:
         if not a.dataset:
-            p.error("ranks needs --dataset")
+            cli.error(COMMANDS, "stafast.visualize", "ranks needs --dataset")
         ds = load_dataset(a.dataset, a.root or cfg.root, a.split, a.protocol)
         panels, result = ranks_figure(model, ds, cfg, a.out, a.cmc_out, a.queries, a.topk, a.protocol, device)
         print(f"wrote {a.out} ({panels} panels) and {a.cmc_out}: rank-1 {result['cmc'][0]:.3f}, mAP {result['mAP']:.3f}")

@@ -72,7 +72,7 @@ def test_bad_inputs_give_clear_errors(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit):
         X.main(["--checkpoint", checkpoint, "--format", "tflite", "--output", str(tmp_path / "x.tflite")])
     assert "invalid choice: 'tflite' (choose from 'onnx', 'pt2')" in capsys.readouterr().err
-    with pytest.raises(ValueError, match=r"unknown export format 'tflite'; expected one of \('onnx', 'pt2'\)"):
+    with pytest.raises(ValueError, match=r"export: format must be one of \('onnx', 'pt2'\), got 'tflite'"):
         X.export(checkpoint, "tflite", str(tmp_path / "x.tflite"))
     with pytest.raises(ValueError, match=r"--frames 4: .* built for N=3 frames"):
         X.export(checkpoint, "pt2", str(tmp_path / "x.pt2"), frames=4)

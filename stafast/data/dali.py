@@ -27,6 +27,7 @@ import os
 import numpy as np
 import torch
 
+from ..extras import require
 from .datasets import DatasetError, is_video
 from .frames import MEAN, STD, read_image, read_nearest
 from .plan import ClipPlan, check_start
@@ -104,6 +105,7 @@ class DALIClipLoader:
     def __init__(self, plan: ClipPlan, batch_size: int, height: int = 256, width: int = 128, workers: int = 2,
                  threads: int | None = None, on_error: str = "raise", device: str = "cpu", start_epoch: int = 0,
                  start: int = 0):
+        require("nvidia.dali", "dali", "--pipeline dali")
         if plan.mode == "all":
             raise ValueError("the DALI pipeline takes train/test clips; use the torch path for all-frames mode")
         if on_error not in ("raise", "skip"):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..extras import require
 from .datasets import DatasetError, VideoTracklet
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
@@ -44,11 +45,7 @@ _AV_REQUIREMENT = "av>=" + ".".join(map(str, AV_MIN))
 
 
 def _av(path: str):
-    try:
-        import av
-    except ImportError:
-        raise DatasetError(f"cannot read video {path}: PyAV is not installed "
-                           f"(pip install '{_AV_REQUIREMENT}')") from None
+    av = require("av", "video", f"reading the video {path}")
     if tuple(int(p) for p in av.__version__.split(".")[:2]) < AV_MIN:
         raise DatasetError(f"cannot read video {path}: PyAV {av.__version__} is installed, stafast needs "
                            f"{_AV_REQUIREMENT} (pip install -U av)")
