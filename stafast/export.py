@@ -30,16 +30,11 @@ from torch import Tensor, nn
 
 from . import ops
 from .checkpoint import load_model
-from .ops import reference
 
 FORMATS = ("onnx", "pt2")
 OPSET = 18
 # Each stafast op as its reference math, for runtimes that know only standard operators.
-REFERENCE_DECOMPOSITIONS = {
-    torch.ops.stafast.spatial_softmax_pool.default: reference.spatial_softmax_pool,
-    torch.ops.stafast.diversity_penalty.default: reference.diversity_penalty,
-    torch.ops.stafast.frame_attention.default: reference.frame_attention,
-}
+REFERENCE_DECOMPOSITIONS = {op.overload: op.spec.forward for op in ops.OPS.values()}
 
 
 class EmbeddingModel(nn.Module):
