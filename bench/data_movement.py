@@ -16,6 +16,7 @@ H100's measured copy bandwidth (3.0 TB/s, ../shared/docs/gpu.md).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -26,7 +27,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from triton.runtime import interpreter  # noqa: E402
 
-from stafast.kernels import _common, diversity_penalty, frame_attention, spatial_softmax_pool  # noqa: E402
+from stafast import kernels  # noqa: E402
+from stafast.kernels import _common  # noqa: E402
 
 H100_SMS = 132
 H100_COPY_BYTES_PER_S = 3.0e12
@@ -89,28 +91,13 @@ def _nbytes(*tensors) -> int:
 
 def measure(shape: dict, dtype: torch.dtype) -> list[dict]:
     """One row per kernel launch of the three ops' forward and backward at `shape`."""
-    b, n, k, l, d = (shape[x] for x in "BNKLD")
-    m = b * n
     g = torch.Generator().manual_seed(0)
 
-    def rand(*size):
+    def rand(*size, dtype):
         return torch.randn(*size, generator=g).to(dtype)
-    logits, feats = rand(m, k, l), rand(m, l, d)
-    attn = torch.softmax(rand(m, k, l).float(), -1).to(dtype)
-    x, bias, grad_x = rand(b, n, k, d), rand(n, n), rand(b, n, k, d)
-    grad_pooled, grad_attn, grad_q = rand(m, k, d), rand(m, k, l), torch.rand(m, generator=g)
     with torch.no_grad():  # the launchers, called directly: (op stage, call, its inputs)
-        ops = [
-            ("spatial_softmax_pool.forward", lambda: spatial_softmax_pool.forward(logits, feats), (logits, feats)),
-            ("spatial_softmax_pool.backward",
-             lambda: spatial_softmax_pool.backward(grad_pooled, grad_attn, logits, feats),
-             (grad_pooled, grad_attn, logits, feats)),
-            ("diversity_penalty.forward", lambda: diversity_penalty.forward(attn, "hellinger"), (attn,)),
-            ("diversity_penalty.backward", lambda: diversity_penalty.backward(grad_q, attn, "hellinger"),
-             (grad_q, attn)),
-            ("frame_attention.forward", lambda: frame_attention.forward(x, bias, 0.05), (x, bias)),
-            ("frame_attention.backward", lambda: frame_attention.backward(grad_x, x, bias, 0.05), (grad_x, x, bias)),
-        ]
+        ops = [(stage, functools.partial(launcher, *args), [a for a in args if isinstance(a, torch.Tensor)])
+               for stage, launcher, args in kernels.examples(shape, dtype, rand)]
         counter = Counter()
         counter.install()
         rows = []

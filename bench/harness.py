@@ -8,6 +8,8 @@ Implementations of an op, compared in one pytest-benchmark group per (op, mode, 
 Modes: fwd (forward with autograd recording, as in training), bwd (backward of a recorded
 forward), fwd+bwd.  On GPU every call is synchronised and triton.testing.do_bench's median
 goes into extra_info; figures go to JSON with the device and versions (bench/report.py).
+Every row records the backend that ran each stafast op (extra_info["backends_ran"], see
+conftest.py) and the one it names (extra_info["backend"]); a row fails when they differ.
 """
 from __future__ import annotations
 
@@ -67,8 +69,32 @@ def implementation(op: str, impl: str):
 
 
 def bench(benchmark, fn, inputs: tuple, mode: str, group: str, extra: dict):
-    """Time `mode` of fn(*inputs); inputs that are float tensors get gradients."""
+    """Time `mode` of fn(*inputs); inputs that are float tensors get gradients. extra["impl"] says
+    what runs (see check_backends)."""
     benchmark.group = group
+    with ops.backends_ran() as ran:
+        _time(benchmark, fn, inputs, mode, extra)
+    benchmark.extra_info["backend"] = check_backends(extra["impl"], ran, group)
+
+
+def check_backends(impl: str, ran: dict[str, str], group: str) -> str:
+    """The backend that row `impl` names, after checking that it is what ran: a triton or ext row
+    runs every stafast op on that backend; eager and compile time the reference (directly, traced
+    inline or through the reference backend); a fused row (auto mode) one backend, not the reference."""
+    seen = set(ran.values())
+    if impl in ("triton", "ext"):
+        named, ok = impl, seen == {impl}
+    elif impl == "fused":
+        named = "+".join(sorted(seen)) or "none"
+        ok = len(seen) == 1 and named != "reference"
+    else:
+        named, ok = "reference", seen <= {"reference"}
+    if not ok:
+        pytest.fail(f"{group}: the {impl!r} row ran {ran or 'no stafast op'}, not what it names")
+    return named
+
+
+def _time(benchmark, fn, inputs: tuple, mode: str, extra: dict) -> None:
     diff = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
 
     def outputs():

@@ -1,10 +1,11 @@
 """Training steps: the STA head (everything after the backbone) and the whole model.
 
-fused = the stafast ops on the device's fastest backend (CPU: ext; GPU: triton), eager = the
-reference ops in plain PyTorch, compile = torch.compile of the model with the reference ops
-traced inline.  One step = forward, OIM + diversity loss, backward.  GPU: the paper's setting
-(ResNet-50, B=32 clips x N=6, 256x128, bf16 autocast) with peak memory; CPU: ResNet-18,
-B=8 x N=6 at 128x64 for the whole model (the paper's size takes minutes per step on 2 cores).
+fused = the stafast ops in auto mode (the device's fastest backend, CPU ext, GPU triton: the
+row records the one that ran), eager = the reference ops in plain PyTorch, compile =
+torch.compile of the model with the reference ops traced inline.  One step = forward, OIM +
+diversity loss, backward.  GPU: the paper's setting (ResNet-50, B=32 clips x N=6, 256x128, bf16
+autocast) with peak memory; CPU: ResNet-18, B=8 x N=6 at 128x64 for the whole model (the paper's
+size takes minutes per step on 2 cores).
 """
 import pytest
 import torch
@@ -15,7 +16,7 @@ from stafast.losses import OIMLoss
 from stafast.models import STA
 
 VARIANTS = ["eager", "compile", "fused"]
-FUSED = "triton" if DEVICE == "cuda" else "ext"
+FUSED = "triton" if DEVICE == "cuda" else "ext"  # what auto mode picks first here
 if DEVICE == "cuda":
     WHOLE = dict(arch="resnet50", B=32, N=6, H=256, W=128)
 else:
@@ -31,13 +32,14 @@ def _skip(variant):
 def _step_fn(model, forward, variant):
     criterion = OIMLoss(128, 64).to(DEVICE)
     fn = torch.compile(forward) if variant == "compile" else forward
-    backend = FUSED if variant == "fused" else "reference"
+    backend = "auto" if variant == "fused" else "reference"
 
     def step(*inputs):
-        with ops.backend(backend), torch.autocast(DEVICE, dtype=AMP, enabled=AMP is not None):
-            out = fn(*inputs)
-        loss = criterion(out.embedding, torch.arange(out.embedding.shape[0], device=DEVICE) % 64) + out.diversity_loss
-        loss.backward()
+        with ops.backend(backend):  # the backward too: it runs the ops' _backward ops
+            with torch.autocast(DEVICE, dtype=AMP, enabled=AMP is not None):
+                out = fn(*inputs)
+            loss = criterion(out.embedding, torch.arange(out.embedding.shape[0], device=DEVICE) % 64) + out.diversity_loss
+            loss.backward()
         return loss
     return step
 
@@ -51,8 +53,7 @@ def test_sta_head_step(benchmark, variant):
     fmap = torch.randn(b * n, d, 8, 4, device=DEVICE)  # res5c maps of a 256x128 input
     step = _step_fn(model, lambda x: model.head(x, b, n), variant)
     bench(benchmark, step, (fmap,), "fwd", f"STA head training step, B={b} N={n} D={d} K=6 L=32, {DEVICE}",
-          dict(op="sta_head_step", impl=variant, backend=FUSED if variant == "fused" else "reference",
-               device=device_name()))
+          dict(op="sta_head_step", impl=variant, device=device_name()))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -66,4 +67,4 @@ def test_whole_model_step(benchmark, variant):
     step = _step_fn(model, model, variant)
     bench(benchmark, step, (clips,), "fwd",
           f"whole-model training step, {w['arch']} B={w['B']} N={w['N']} {w['H']}x{w['W']}, {DEVICE}",
-          dict(op="model_step", impl=variant, backend=FUSED if variant == "fused" else "reference", **w))
+          dict(op="model_step", impl=variant, **w))

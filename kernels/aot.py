@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as futures
 import contextlib
+import functools
 import io
 import json
 import multiprocessing
@@ -33,7 +34,7 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
-from . import _common, diversity_penalty, frame_attention, spatial_softmax_pool
+from . import _common, examples
 
 ARCHS = {"sm_80": (80, 108), "sm_90": (90, 132)}  # capability, SMs (A100, H100)
 SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}  # bytes per block, with the opt-in
@@ -57,32 +58,11 @@ def shape_name(shape: dict) -> str:
 
 
 def launches(shape: dict, dtype: torch.dtype, sms: int) -> list[tuple[str, _common.Launch]]:
-    """(op stage, launch) for every kernel launch of the three ops' forward and backward."""
-    b, n, k, l, d = (shape[x] for x in ("B", "N", "K", "L", "D"))
-    m = b * n
-    t = dict(device="meta", dtype=dtype)
-    acc = _common.acc_dtype(dtype)
+    """(op stage, launch) for every kernel launch of every op's examples (stafast.kernels.examples)."""
     out: list[tuple[str, _common.Launch]] = []
-    stage = ""
-
-    def keep(launch):
-        out.append((stage, launch))
-    with _common.record(keep, sms):
-        logits, feats = torch.empty(m, k, l, **t), torch.empty(m, l, d, **t)
-        stage = "spatial_softmax_pool.forward"
-        spatial_softmax_pool.forward(logits, feats)
-        stage = "spatial_softmax_pool.backward"
-        spatial_softmax_pool.backward(torch.empty(m, k, d, **t), logits, logits, feats)
-        for kind in ("hellinger", "l2"):
-            stage = f"diversity_penalty.forward[{kind}]"
-            diversity_penalty.forward(logits, kind)
-            stage = f"diversity_penalty.backward[{kind}]"
-            diversity_penalty.backward(torch.empty(m, device="meta", dtype=acc), logits, kind)
-        x, bias = torch.empty(b, n, k, d, **t), torch.empty(n, n, **t)
-        stage = "frame_attention.forward"
-        frame_attention.forward(x, bias, 0.5)
-        stage = "frame_attention.backward"
-        frame_attention.backward(x, x, bias, 0.5)
+    for stage, launcher, args in examples(shape, dtype, functools.partial(torch.empty, device="meta")):
+        with _common.record(lambda launch: out.append((stage, launch)), sms):
+            launcher(*args)
     return out
 
 

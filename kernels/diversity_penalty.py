@@ -168,3 +168,12 @@ def backward(grad: torch.Tensor, attn: torch.Tensor, kind: str) -> torch.Tensor:
                HELLINGER=kind == "hellinger", BLOCK_K=bk, BLOCK_L=bl, K_TILES=k_tiles, FP64=is_fp64(attn),
                **options(warps))
     return grad_attn
+
+
+def examples(shape: dict, dtype: torch.dtype, make) -> list[tuple[str, object, tuple]]:
+    """(stage, launcher, arguments) at a model shape, for both kinds (see stafast.kernels.OPS)."""
+    m, k, l = shape["B"] * shape["N"], shape["K"], shape["L"]
+    attn = torch.softmax(make(m, k, l, dtype=torch.float32), dim=-1).to(dtype)
+    grad = make(m, dtype=acc_dtype(dtype))
+    return [(f"{stage}[{kind}]", fn, args) for kind in ("hellinger", "l2")
+            for stage, fn, args in (("forward", forward, (attn, kind)), ("backward", backward, (grad, attn, kind)))]

@@ -330,3 +330,10 @@ def backward(grad: torch.Tensor, x: torch.Tensor, bias: torch.Tensor,
             _workspace_rows(c, grad_scores, fp64)                                          # -> dA
             _workspace_mix(c, grad, grad_scores, x, grad_x, scale, True, fp64)
     return grad_x, grad_scores.sum(dim=0).to(bias.dtype)
+
+
+def examples(shape: dict, dtype: torch.dtype, make) -> list[tuple[str, object, tuple]]:
+    """(stage, launcher, arguments) at a model shape (see stafast.kernels.OPS)."""
+    b, n, k, d = shape["B"], shape["N"], shape["K"], shape["D"]
+    x, bias = make(b, n, k, d, dtype=dtype), make(n, n, dtype=dtype)
+    return [("forward", forward, (x, bias, 0.05)), ("backward", backward, (make(b, n, k, d, dtype=dtype), x, bias, 0.05))]

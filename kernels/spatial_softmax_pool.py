@@ -290,3 +290,11 @@ def _backward(grad_pooled, grad_attn, logits, feats, grad_feats_dtype):
             launch(_softmax_backward_kernel, (m, triton.cdiv(k, bk2)), grad_attn, logits, partial, grad_logits,
                    k, l, splits, BLOCK_K=bk2, BLOCK_L=bl2, ONE_L_TILE=l <= bl2, FP64=fp64, **options(4))
     return grad_logits, grad_feats
+
+
+def examples(shape: dict, dtype: torch.dtype, make) -> list[tuple[str, object, tuple]]:
+    """(stage, launcher, arguments) at a model shape (see stafast.kernels.OPS)."""
+    m, k, l, d = shape["B"] * shape["N"], shape["K"], shape["L"], shape["D"]
+    logits, feats = make(m, k, l, dtype=dtype), make(m, l, d, dtype=dtype)
+    grads = make(m, k, d, dtype=dtype), make(m, k, l, dtype=dtype)
+    return [("forward", forward, (logits, feats)), ("backward", backward, (*grads, logits, feats))]

@@ -33,17 +33,12 @@ from . import cli, ops
 from .checkpoint import load_model
 from .cli import option
 from .extras import require
-from .ops import reference
 from .ops._checks import choice
 
 FORMATS = ("onnx", "pt2")
 OPSET = 18
 # Each stafast op as its reference math, for runtimes that know only standard operators.
-REFERENCE_DECOMPOSITIONS = {
-    torch.ops.stafast.spatial_softmax_pool.default: reference.spatial_softmax_pool,
-    torch.ops.stafast.diversity_penalty.default: reference.diversity_penalty,
-    torch.ops.stafast.frame_attention.default: reference.frame_attention,
-}
+REFERENCE_DECOMPOSITIONS = {op.overload: op.spec.forward for op in ops.OPS.values()}
 
 
 class EmbeddingModel(nn.Module):

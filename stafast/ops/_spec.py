@@ -52,6 +52,7 @@ class Op:
         self.forward_op = self._define(spec.name, spec.forward, spec.fake, stage=0)
         self.backward_op = self._define(f"{spec.name}_backward", spec.backward, spec.backward_fake, stage=1)
         self.forward_op.register_autograd(self._autograd, setup_context=_save_inputs)
+        self.overload = self.forward_op._opoverload  # torch.ops.stafast.<name>.default
 
     def _define(self, name: str, reference: Callable, fake: Callable, stage: int):
         def run(*args):

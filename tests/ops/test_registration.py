@@ -25,7 +25,7 @@ def ext_ops() -> set[str]:
 def test_every_op_of_the_package_is_registered_from_its_spec():
     assert [op.spec.name for op in OPS] == ["diversity_penalty", "frame_attention", "spatial_softmax_pool"]
     for op in OPS:
-        assert op.forward_op._opoverload is getattr(torch.ops.stafast, op.spec.name).default
+        assert op.overload is op.forward_op._opoverload is getattr(torch.ops.stafast, op.spec.name).default
         assert op.backward_op._opoverload is getattr(torch.ops.stafast, f"{op.spec.name}_backward").default
         assert op.spec.forward is getattr(reference, op.spec.name)
         assert op.spec.backward is getattr(reference, f"{op.spec.name}_backward")
