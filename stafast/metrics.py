@@ -108,9 +108,9 @@ def _items(pids, camids, attrs, protocol: Protocol, side: str) -> dict:
     return items
 
 
-def _rows(items: dict, s: slice) -> dict:
-    """Queries s of `items` as (c, 1) columns, to broadcast against gallery rows."""
-    return {k: v[s, None] for k, v in items.items()}
+def _rows(items: dict, which) -> dict:
+    """Queries `which` (a slice or indices) of `items` as (c, 1) columns, to broadcast against gallery rows."""
+    return {k: v[which, None] for k, v in items.items()}
 
 
 def _cols(items: dict) -> dict:
@@ -118,7 +118,7 @@ def _cols(items: dict) -> dict:
 
 
 def block_masks(protocol: Protocol, q: dict, g: dict):
-    """protocol.masks on a block, checked against the rules of Protocol (good implies keep and same pid)."""
+    """protocol.masks on a block (or on pairs), checked against the rules of Protocol (good implies keep and same pid)."""
     keep, good = (torch.broadcast_to(m, torch.broadcast_shapes(q["pids"].shape, g["pids"].shape))
                   for m in protocol.masks(q, g))
     if bool((good & ~(keep & (q["pids"] == g["pids"]))).any()):
@@ -192,12 +192,162 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, protocol: str = "offic
     return totals.result()
 
 
-def _stable_argsort(dist: torch.Tensor, gidx: torch.Tensor) -> torch.Tensor:
-    """Row-wise argsort by distance, ties by gallery index: sorts one unique int64 key per item,
-    (order-preserving bits of the float32 distance) << 32 | index, which is faster than a stable sort."""
-    bits = dist.contiguous().view(torch.int32).long()
+def rank_keys(dist: torch.Tensor, gidx: torch.Tensor) -> torch.Tensor:
+    """One unique int64 per item that orders by float32 distance, ties by gallery index:
+    (order-preserving bits of the distance) << 32 | index.  Sorting them is faster than a stable sort.
+    -0.0 becomes 0.0 (adding 0.0 does), so that the two zeros tie."""
+    bits = (dist.float() + 0.0).view(torch.int32).long()
     bits = torch.where(bits < 0, -(bits & 0x7FFFFFFF) - 1, bits)  # negative floats: reverse their bit order
-    return (torch.sort((bits << 32) | gidx, dim=1).values & 0xFFFFFFFF)
+    return (bits << 32) | gidx
+
+
+def _stable_argsort(dist: torch.Tensor, gidx: torch.Tensor) -> torch.Tensor:
+    """Row-wise argsort by distance, ties by gallery index."""
+    return torch.sort(rank_keys(dist, gidx), dim=1).values & 0xFFFFFFFF
+
+
+# ----------------------------------------------------------------------------- from features
+def _unit64(x: torch.Tensor) -> torch.Tensor:
+    """Rows of x L2-normalised in float64 (F.normalize's eps)."""
+    x = x.double()
+    return x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def _distance32(dot: torch.Tensor) -> torch.Tensor:
+    """float32 distances 2 - 2 dot from float64 dot products of unit vectors, first rounded to a
+    multiple of 2^-32: far above float64's error on the product (about dim x 2^-53), so that
+    duplicates tie at exactly 0 whichever order the product was summed in; below float32's
+    resolution for distances over 2^-8, which it leaves as they were."""
+    return (2 - 2 * dot).mul_(2.0 ** 32).round_().div_(2.0 ** 32).float()
+
+
+def feature_distances(qf, gf) -> torch.Tensor:
+    """(queries, gallery) float32 distances 2 - 2 cos of the L2-normalised features, the dot products
+    accumulated in float64: the matrix evaluate_features ranks without holding it.  float64 makes
+    the float32 values independent (but for ~1e-8 of them) of how the product is split into blocks
+    or summed, so blocks rank ties and near-ties as the whole matrix does."""
+    return _distance32(_unit64(torch.as_tensor(qf)) @ _unit64(torch.as_tensor(gf)).T)
+
+
+def _pairs(q: dict, g: dict, r: torch.Tensor, c: torch.Tensor) -> tuple[dict, dict]:
+    """The attributes of (query r, gallery c) pairs, element by element, for Protocol.masks."""
+    return {k: v[r] for k, v in q.items()}, {k: v[c] for k, v in g.items()}
+
+
+def _same_pid_pairs(q_pids: torch.Tensor, g_by_pid: torch.Tensor, g_order: torch.Tensor):
+    """(row, gallery index) of every gallery item with the pid of query `row`; g_by_pid holds the
+    gallery pids sorted (stably), g_order their gallery indices."""
+    lo = torch.searchsorted(g_by_pid, q_pids)
+    n = torch.searchsorted(g_by_pid, q_pids, right=True) - lo
+    row = torch.repeat_interleave(torch.arange(len(q_pids), device=n.device), n)
+    start = torch.cumsum(n, 0) - n
+    return row, g_order[lo[row] + torch.arange(len(row), device=n.device) - start[row]]
+
+
+def _by_row(row: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For row ids sorted ascending: each element's 0-based position within its row, and the rows' counts."""
+    counts = torch.bincount(row, minlength=n_rows)
+    return torch.arange(len(row), device=row.device) - (torch.cumsum(counts, 0) - counts)[row], counts
+
+
+def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, protocol: str = "official", max_rank: int = 50,
+                      *, q_attrs: dict | None = None, g_attrs: dict | None = None, query_block: int = 1024,
+                      gallery_block: int = 2048) -> dict:
+    """What evaluate(feature_distances(qf, gf), ...) returns, computed block by block on the
+    features' device without the (queries x gallery) matrix: beyond small per-query tables, memory
+    grows with query_block x gallery_block, not with the gallery.
+
+    AP and CMC need, for each good match, its rank among the kept items: 1 + the kept items that
+    rank before it (by distance, then gallery index, as evaluate's stable sort).  Good matches are
+    found from the pids alone (a good match has the query's pid) and their distances computed
+    exactly.  Then each (gallery block, query block) product is screened in float32: the queries
+    that may have an item there ranking before their farthest good match get the block's float64
+    distances, and its kept items are counted per interval between consecutive good matches (a
+    searchsorted into the query's sorted goods)."""
+    p = get_protocol(protocol)
+    qf, gf = torch.as_tensor(qf), torch.as_tensor(gf)
+    for name, f in (("qf", qf), ("gf", gf)):
+        if f.dim() != 2 or not f.is_floating_point():
+            raise ValueError(f"{name} must be a floating (num_items, dim) array, got {tuple(f.shape)} {f.dtype}")
+    if qf.shape[1] != gf.shape[1] or qf.device != gf.device:
+        raise ValueError(f"qf and gf must have one feature size and one device, got {tuple(qf.shape)} on {qf.device} "
+                         f"and {tuple(gf.shape)} on {gf.device}")
+    if not (bool(torch.isfinite(qf).all()) and bool(torch.isfinite(gf).all())):
+        raise ValueError("qf and gf must be finite (found NaN or inf)")
+    q = {k: v.to(qf.device) for k, v in _items(q_pids, q_camids, q_attrs, p, "q").items()}
+    g = {k: v.to(qf.device) for k, v in _items(g_pids, g_camids, g_attrs, p, "g").items()}
+    if len(q["pids"]) != len(qf) or len(g["pids"]) != len(gf):
+        raise ValueError(f"ids must have one entry per feature: qf {len(qf)} rows, q ids {len(q['pids'])}; "
+                         f"gf {len(gf)} rows, g ids {len(g['pids'])}")
+    g_by_pid, g_order = torch.sort(g["pids"], stable=True)
+    blocks = [_QueryBlock(p, {k: v[s:s + query_block] for k, v in q.items()}, qf[s:s + query_block], g, gf,
+                          g_by_pid, g_order) for s in range(0, len(qf), query_block)]
+    busy = [b for b in blocks if b.goods is not None]
+    prev = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # no TF32 / bf16 products: the screen's margin assumes float32
+    try:
+        for g0 in range(0, len(gf) if busy else 0, gallery_block):
+            g64 = _unit64(gf[g0:g0 + gallery_block])
+            g32, gb = g64.float(), {k: v[g0:g0 + gallery_block] for k, v in g.items()}
+            for b in busy:
+                b.count(p, gb, g32, g64, g0)
+    finally:
+        torch.set_float32_matmul_precision(prev)
+    totals = _Totals(p, min(max_rank, len(gf)))
+    for b in blocks:
+        totals.add(*b.hits())
+    return totals.result()
+
+
+class _QueryBlock:
+    """The state of evaluate_features for a block of queries: their good matches, sorted by rank
+    key per query (goods, padded), and per query the kept non-good items counted so far in each
+    interval between consecutive good matches (before)."""
+
+    def __init__(self, p: Protocol, q: dict, qf, g: dict, gf, g_by_pid, g_order):
+        n, self.q, self.q64 = len(qf), q, _unit64(qf)
+        self.q32 = self.q64.float()
+        row, gi = _same_pid_pairs(q["pids"], g_by_pid, g_order)
+        good = block_masks(p, *_pairs(q, g, row, gi))[1]
+        row, gi = row[good], gi[good]
+        d = _distance32((self.q64[row] * _unit64(gf[gi])).sum(1))
+        key = rank_keys(d, gi)
+        order = torch.argsort(key)
+        order = order[torch.argsort(row[order], stable=True)]
+        self.row, key, d = row[order], key[order], d[order]
+        self.j, self.n_good = _by_row(self.row, n)                  # j: 0-based index among the query's goods
+        m = int(self.n_good.max()) if n else 0
+        self.goods = None
+        if m:
+            self.goods = torch.full((n, m), torch.iinfo(torch.int64).max, device=qf.device)  # pads after every key
+            self.goods[self.row, self.j] = key
+            self.before = torch.zeros(n, m + 1, dtype=torch.int64, device=qf.device)
+            d_max = torch.full((n,), float("-inf"), dtype=torch.float64, device=qf.device).scatter_reduce_(
+                0, self.row, d.double(), "amax")
+            # an item may rank before the farthest good when its float32 product is at least the farthest
+            # good's minus the margin: |float32 - float64 product| <= (dim + 4) 2^-24 for unit vectors (the
+            # inputs' rounding, then any summation order); the margin is 4 times that
+            self.threshold = ((2 - d_max) / 2 - 4 * (qf.shape[1] + 4) * 2.0 ** -24).float()
+
+    def count(self, p: Protocol, gb: dict, g32, g64, g0: int) -> None:
+        """Count the kept non-good items of the gallery block g0.. (ids gb, unit features g32, g64) into
+        `before`, for the queries that have an item there that may rank before their farthest good."""
+        rows = ((self.q32 @ g32.T).amax(1) >= self.threshold).nonzero().squeeze(1)
+        if not len(rows):
+            return
+        keep, good = block_masks(p, _rows(self.q, rows), _cols(gb))
+        key = rank_keys(_distance32(self.q64[rows] @ g64.T), torch.arange(g0, g0 + len(g64), device=g64.device))
+        pos = torch.searchsorted(self.goods[rows], key, right=True)   # the query's goods at or before each item
+        # goods are ranked among themselves by j; items after the last good land in before[:, m], unused
+        flat = (rows[:, None] * self.before.shape[1] + pos)[keep & ~good]
+        self.before.view(-1).index_add_(0, flat, torch.ones_like(flat))
+
+    def hits(self):
+        """For _Totals.add: good matches per query, then per hit its query, k and rank among kept items."""
+        rank = self.j + 1
+        if self.goods is not None:                                   # + the kept non-good items before it
+            rank = rank + torch.cumsum(self.before, 1)[self.row, self.j]
+        return self.n_good, self.row, self.j + 1, rank
 
 
 def ranks(result: dict, which=(1, 5, 10, 20)) -> dict:

@@ -1,10 +1,14 @@
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import scipy.io
+import torch
 
-from stafast.metrics import AP_RULES, PROTOCOLS, Protocol, chance_rank1, evaluate, get_protocol, ranks
+from stafast.metrics import (AP_RULES, PROTOCOLS, Protocol, chance_rank1, evaluate, evaluate_features, feature_distances,
+                             get_protocol, ranks)
 
 from .conftest import shared_data
 
@@ -68,6 +72,8 @@ def test_ties_rank_by_gallery_order():
     hit_first = evaluate(dist, [1], [1, 2, 3], [1], [2, 2, 2], "toolbox")
     hit_last = evaluate(dist, [1], [3, 2, 1], [1], [2, 2, 2], "toolbox")
     assert hit_first["mAP"] == 1.0 and hit_last["mAP"] == pytest.approx(1 / 3)
+    signed_zeros = evaluate(np.array([[0.0, -0.0]], np.float32), [1], [1, 2], [1], [2, 2], "toolbox")
+    assert signed_zeros["mAP"] == 1.0  # -0.0 ties with 0.0 (its bits would rank it first)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -145,3 +151,144 @@ def test_masks_that_break_the_protocol_rules_are_refused():
                                "trapezoid")
     with pytest.raises(ValueError, match="a good match must be kept and be the query's pid"):
         evaluate(np.zeros((1, 2)), [1], [1, 2], [1], [2, 2], every_item_good)
+
+
+# ------------------------------------------------------------------------------- evaluate_features
+ALL_PROTOCOLS = [*PROTOCOLS.values(), OTHER_CLOTHES]
+
+
+def features(rng, n: int, dim: int, quantised: bool) -> np.ndarray:
+    """Gaussian features, or entries in {-1, 0, 1}: many equal distances (ties), zero vectors included."""
+    return (rng.integers(-1, 2, (n, dim)) if quantised else rng.standard_normal((n, dim))).astype(np.float32)
+
+
+def assert_same_result(got: dict, want: dict):
+    assert got["num_valid_queries"] == want["num_valid_queries"] and got["protocol"] == want["protocol"]
+    assert abs(got["mAP"] - want["mAP"]) <= 1e-9, (got["mAP"], want["mAP"])
+    np.testing.assert_allclose(got["cmc"], want["cmc"], rtol=0, atol=1e-9)
+
+
+def both(qf, gf, qp, gp, qc, gc, protocol, attrs=None, **blocks):
+    """(evaluate_features, evaluate on the dense matrix) under `protocol`; attrs: (q_attrs, g_attrs)."""
+    kw = dict(zip(("q_attrs", "g_attrs"), attrs or (None, None)))
+    return (evaluate_features(qf, gf, qp, gp, qc, gc, protocol, **kw, **blocks),
+            evaluate(feature_distances(qf, gf), qp, gp, qc, gc, protocol, **kw))
+
+
+@pytest.mark.parametrize("quantised", [False, True], ids=["gaussian", "ties"])
+@pytest.mark.parametrize("protocol", ALL_PROTOCOLS, ids=lambda p: p.name)
+def test_features_equal_the_dense_evaluation_on_random_data(protocol, quantised, rng_seed):
+    rng = np.random.default_rng(rng_seed)
+    for _ in range(6):
+        nq, ng, dim = rng.integers(1, 30), rng.integers(1, 200), int(rng.integers(2, 7))
+        qp, gp = rng.integers(1, 6, nq), rng.integers(-1, 6, ng)
+        qc, gc = rng.integers(1, 4, nq), rng.integers(1, 4, ng)
+        attrs = ({"clothes": rng.integers(0, 2, nq)}, {"clothes": rng.integers(0, 2, ng)})
+        qf, gf = features(rng, nq, dim, quantised), features(rng, ng, dim, quantised)
+        gf[: ng // 4] = qf[rng.integers(0, nq, ng // 4)]  # some gallery items are queries: distance 0, or -tiny
+        blocks = dict(query_block=int(rng.integers(1, 9)), gallery_block=int(rng.integers(1, 60)))
+        try:
+            got, want = both(qf, gf, qp, gp, qc, gc, protocol, attrs, **blocks)
+        except ValueError as e:  # no query has a match: both must say so
+            assert "no query has a match" in str(e)
+            with pytest.raises(ValueError, match="no query has a match"):
+                evaluate_features(qf, gf, qp, gp, qc, gc, protocol, q_attrs=attrs[0], g_attrs=attrs[1], **blocks)
+            continue
+        assert_same_result(got, want)
+
+
+def mars_ids():
+    info = shared_data("mars", "info")
+    test = scipy.io.loadmat(os.path.join(info, "tracks_test_info.mat"))["track_test_info"].astype(int)
+    query = scipy.io.loadmat(os.path.join(info, "query_IDX.mat"))["query_IDX"].ravel().astype(int) - 1
+    return test[:, 2], test[:, 3], query
+
+
+@pytest.mark.parametrize("quantised", [False, True], ids=["id-structure", "ties"])
+def test_features_equal_the_dense_evaluation_at_mars_shape(quantised, rng_seed):
+    """The real MARS test pids and cameras (1,980 x 12,180 official, 1,980 x 9,330 toolbox), 128-d
+    features with id structure: near MARS-level figures, so many items rank between good matches."""
+    pids, cams, query = mars_ids()
+    rng = np.random.default_rng(rng_seed)
+    centres = rng.standard_normal((pids.max() + 2, 128))
+    gf = (centres[pids + 1] + 1.6 * rng.standard_normal((len(pids), 128))).astype(np.float32)
+    gf[pids <= 0] = rng.standard_normal((int((pids <= 0).sum()), 128))  # junk and distractors: anyone
+    qf = gf[query] + rng.standard_normal((len(query), 128)).astype(np.float32)
+    if quantised:
+        gf, qf = np.sign(np.round(gf / 2)), np.sign(np.round(qf / 2))
+    toolbox = np.setdiff1d(np.arange(len(pids)), query)
+    toolbox = toolbox[pids[toolbox] != -1]
+    for name, gallery in (("official", np.arange(len(pids))), ("toolbox", toolbox)):
+        got, want = both(torch.from_numpy(qf), torch.from_numpy(gf[gallery]), pids[query], pids[gallery],
+                         cams[query], cams[gallery], name)
+        assert_same_result(got, want)
+        assert 0.1 < want["mAP"] < 0.9, want["mAP"]  # neither trivial nor hopeless
+
+
+def test_feature_distances_do_not_depend_on_the_blocks(rng_seed):
+    rng = np.random.default_rng(rng_seed)
+    qf, gf = torch.from_numpy(features(rng, 70, 128, False)), torch.from_numpy(features(rng, 3001, 128, False))
+    whole = feature_distances(qf, gf)
+    parts = torch.cat([torch.cat([feature_distances(qf[i:i + 7], gf[j:j + 500]) for j in range(0, 3001, 500)], 1)
+                       for i in range(0, 70, 7)])
+    assert torch.equal(whole, parts)
+
+
+def test_evaluate_features_bad_inputs():
+    f = np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError, match=r"qf must be a floating \(num_items, dim\) array, got \(2,\)"):
+        evaluate_features(np.zeros(2, np.float32), f, [1, 2], [1, 2], [1, 1], [2, 2])
+    with pytest.raises(ValueError, match="one feature size"):
+        evaluate_features(f, np.zeros((2, 3), np.float32), [1, 2], [1, 2], [1, 1], [2, 2])
+    with pytest.raises(ValueError, match="ids must have one entry per feature: qf 2 rows, q ids 3"):
+        evaluate_features(f, f, [1, 2, 3], [1, 2], [1, 1, 1], [2, 2])
+    with pytest.raises(ValueError, match="must be finite"):
+        evaluate_features(f, np.full((2, 4), np.nan, np.float32), [1, 2], [1, 2], [1, 1], [2, 2])
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        evaluate_features(f, f, [1, 2], [1, 2], [1, 1], [2, 2], "market")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_evaluate_features_on_a_gpu(rng_seed):
+    pids, cams, query = mars_ids()
+    rng = np.random.default_rng(rng_seed)
+    gf = torch.from_numpy(rng.standard_normal((len(pids), 128)).astype(np.float32))
+    gf += torch.from_numpy(rng.standard_normal((pids.max() + 2, 128)).astype(np.float32))[pids + 1]
+    qf = gf[query] + torch.randn(len(query), 128)
+    want = evaluate_features(qf, gf, pids[query], pids, cams[query], cams)
+    assert_same_result(evaluate_features(qf.cuda(), gf.cuda(), pids[query], pids, cams[query], cams), want)
+
+
+MEMORY_PROBE = """
+import numpy as np, torch
+from stafast.metrics import evaluate_features
+def peak_mb(run):  # peak resident memory during run(), beyond what was resident before (Linux)
+    open("/proc/self/clear_refs", "w").write("5")  # resets VmHWM to the current RSS
+    rss = lambda key: int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) / 1024
+    before = rss("VmRSS:")
+    run()
+    return rss("VmHWM:") - before
+nq, ng, dim = 1000, 200_000, 16  # 5 tracklets per id, 6 cameras
+g = torch.Generator().manual_seed(0)
+gp, gc = torch.arange(ng) // 5, torch.arange(ng) % 6
+gf = torch.randn(ng // 5, dim, generator=g)[gp] + 0.25 * torch.randn(ng, dim, generator=g)
+qi = torch.randperm(ng, generator=g)[:nq]
+qf, qp, qc = gf[qi] + 0.25 * torch.randn(nq, dim, generator=g), gp[qi], (gc[qi] + 1) % 6
+print(peak_mb(lambda: torch.empty(100_000_000, dtype=torch.int32).fill_(1)),
+      peak_mb(lambda: print(evaluate_features(qf, gf, qp, gp, qc, gc)["mAP"])))
+"""
+
+
+def test_evaluate_features_memory_stays_below_the_dense_matrix():
+    """1,000 queries x 200,000 gallery: the dense float32 matrix alone is 0.8 GB (evaluate's sort
+    needs more); evaluate_features must stay under 150 MB beyond its inputs.  The probe first
+    measures a 400 MB allocation, so that it is seen to measure."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux /proc/self/clear_refs to measure peak memory")
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    mAP, calibration, used = map(float, out.stdout.split())
+    print(f"peak memory beyond the inputs: 400 MB probe {calibration:.0f} MB, evaluate_features {used:.0f} MB "
+          f"(mAP {mAP:.3f})")
+    assert calibration > 350 and 0.2 < mAP < 0.99
+    assert used < 150
