@@ -171,7 +171,7 @@ def emulated_ops() -> list[str]:
 def control(name: str, schedule: int) -> tuple[list[float], str]:
     """Runs a negative control; returns its first outputs and the emulator's report ('' for none)."""
     _configure(schedule)
-    out = (ctypes.c_double * 64)(*[float("nan")] * 64)
+    out = (ctypes.c_double * 64)()
     message = ctypes.create_string_buffer(4096)
     _lib.cuda_emu_run_control(name.encode(), out, 1.0, message, len(message))
     _configure()
@@ -244,10 +244,11 @@ def test_kernels_against_the_reference(emu, op, shape, kind, dtype, rng_seed):
 
 
 def test_every_cuda_source_is_emulated(emu):
-    """Each csrc/cuda/<op>.cu registers <op> and its backward, and each op has cases here."""
-    ops = {os.path.basename(s).removesuffix(".cu") for s in CUDA_SOURCES} - {"cuda_common"}
+    """Each csrc/cuda/<op>.cu registers <op> and its backward, and each op of stafast.ops has cases here."""
+    from stafast.ops import OPS
+    ops = {os.path.basename(s).removesuffix(".cu") for s in CUDA_SOURCES}
     assert emu("emulated_ops") == sorted(ops | {op + "_backward" for op in ops})
-    assert {op for op, _, _ in CASES} == ops
+    assert {op for op, _, _ in CASES} == ops == set(OPS)
 
 
 def test_frame_attention_pairs_beyond_the_grid_y_limit(emu, rng_seed):
@@ -335,3 +336,9 @@ def test_a_missing_barrier_changes_the_result_with_the_schedule(emu):
                                               for s in SCHEDULES.values())
     assert report_low == report_high == ""  # no barrier defect to name: the results show it
     assert low != high and want in (low[0], high[0]) and (low[0] != want or high[0] != want)
+
+
+def test_atomics_add_every_thread_of_every_block(emu):
+    """7 blocks of 64 threads add into two slots, the blocks on several OS threads at once."""
+    for schedule in SCHEDULES.values():
+        assert emu("control", "atomic_sums", schedule) == ([7 * 64.0, 7 * sum(range(64)) * 1.0, 0.0], "")

@@ -1,5 +1,6 @@
 // The emulator's C entry points (called through ctypes) and its negative controls: small kernels
 // with the defects it must report (and one correct kernel, which it must not).
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <string>
@@ -91,6 +92,12 @@ __global__ void full_mask_in_a_partial_warp(double* out, double seed) {
   if (threadIdx.x == 0) out[blockIdx.x] = v;
 }
 
+// Correct: every thread of every block adds into the same two slots (blocks run on several OS threads).
+__global__ void atomic_sums(double* out, double seed) {
+  atomicAdd(out, 1.0);
+  atomicAdd(out + 1, seed * threadIdx.x);
+}
+
 struct Control {
   void (*kernel)(double*, double);
   dim3 grid, block;
@@ -99,6 +106,7 @@ struct Control {
 const std::map<std::string, Control>& controls() {
   static const std::map<std::string, Control> all = {
       {"block_sum", {block_sum, dim3(3), dim3(64)}},
+      {"atomic_sums", {atomic_sums, dim3(7), dim3(64)}},
       {"block_sum_missing_barrier", {block_sum_missing_barrier, dim3(3), dim3(64)}},
       {"divergent_barrier", {divergent_barrier, dim3(2), dim3(64)}},
       {"barrier_after_early_exit", {barrier_after_early_exit, dim3(2), dim3(64)}},
@@ -139,10 +147,11 @@ const char* cuda_emu_controls() {
   return names.c_str();
 }
 
-// Runs a control on out (at least 64 doubles); 0, or 1 with the emulator's report in message.
+// Runs a control on out (64 doubles, zeroed first); 0, or 1 with the emulator's report in message.
 int cuda_emu_run_control(const char* name, double* out, double seed, char* message, int size) {
   const auto it = controls().find(name);
   if (it == controls().end()) return report(std::string("no control named ") + name, message, size);
+  std::fill(out, out + 64, 0.0);
   try {
     cuda_emu::launch(it->second.kernel, it->second.grid, it->second.block, nullptr, out, seed);
   } catch (const cuda_emu::Error& e) {

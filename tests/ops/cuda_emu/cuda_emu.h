@@ -140,23 +140,6 @@ T atomicCAS(T* address, T compare, T val) {
   std::atomic_ref<T>(*address).compare_exchange_strong(compare, val);
   return compare;  // the old value, whether or not it was replaced
 }
-template <typename T>
-T atomicMax(T* address, T val) {
-  std::atomic_ref<T> a(*address);
-  T old = a.load();
-  while (old < val && !a.compare_exchange_weak(old, val)) {
-  }
-  return old;
-}
-template <typename T>
-T atomicMin(T* address, T val) {
-  std::atomic_ref<T> a(*address);
-  T old = a.load();
-  while (val < old && !a.compare_exchange_weak(old, val)) {
-  }
-  return old;
-}
-
 // Device math as the kernels call it, unqualified.
 using std::exp;
 using std::max;
