@@ -320,7 +320,13 @@ def throughput_rows(out: str, name: str = "throughput.json") -> list[tuple]:
     if not os.path.isfile(path):
         return [("throughput.json", "written", "missing", False, True)]
     result = json.load(open(path))
-    rows = [(f"step stage {r['stage']} {r['variant']} ({r['backend']})", "info",
+    fused = "triton" if result.get("device_type") == "cuda" else "ext"
+    want = {"eager": "reference", "fused": fused, "compile": fused}
+    ran = [r for r in result.get("step", []) + [result.get("end_to_end") or {}] if "variant" in r]
+    wrong = [f"{r['variant']} ran {r.get('backend')}" for r in ran if r.get("backend") != want[r["variant"]]]
+    rows = [("every step ran the backend its variant names", "eager: reference, fused and compile: " + fused,
+             f"{len(ran) - len(wrong)}/{len(ran)} rows" + (f"; {wrong[0]}" if wrong else ""), not wrong, True)]
+    rows += [(f"step stage {r['stage']} {r['variant']} ({r['backend']})", "info",
              f"{r['clips_per_s']:.0f} clips/s, {r['ms_per_step']:.1f} ms" +
              (f", {r['peak_mem_gb']:.1f} GB peak" if "peak_mem_gb" in r else ""), True, False)
             for r in result.get("step", [])]

@@ -37,7 +37,6 @@ import time
 import torch
 
 from stafast import ops
-from stafast.ops import _backend
 from stafast import train as T
 from stafast.config import TrainConfig
 from stafast.data import MARS, ClipPlan, build_loader, dali_available, synth
@@ -115,6 +114,11 @@ def amp_dtype(cfg: TrainConfig, device: torch.device):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if device.type == "cuda" else None
 
 
+def ran_text(ran: dict) -> str:
+    """The backends that ran the stafast ops (ops.backends_ran()); none: the reference, inline in the model."""
+    return "+".join(sorted(set(ran.values()))) or "reference"
+
+
 def variant_backend(variant: str) -> str:
     return "reference" if variant == "eager" else "auto"
 
@@ -138,11 +142,12 @@ def bench_step(s: Settings, device: torch.device, stage: int, variant: str) -> d
         warm = time.perf_counter() - t0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        seconds = timed(lambda: steps(s.steps), device, s.repeats)
+        with ops.backends_ran() as ran:
+            seconds = timed(lambda: steps(s.steps), device, s.repeats)
         means, bad, _ = st.meter.read()
-        ran = _backend.resolve(device)[0]  # the backend the ops run on under cfg.backend (auto: the fastest)
-    row = {"stage": stage, "variant": variant, "backend": ran, "clips_per_s": s.steps * s.batch / seconds, "ms_per_step": 1e3 * seconds / s.steps,
-           "warmup_s": warm, "loss": means["loss"], "non_finite_steps": bad}
+    row = {"stage": stage, "variant": variant, "backend": ran_text(ran), "backends_ran": dict(ran),
+           "clips_per_s": s.steps * s.batch / seconds, "ms_per_step": 1e3 * seconds / s.steps, "warmup_s": warm,
+           "loss": means["loss"], "non_finite_steps": bad}
     if device.type == "cuda":
         row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     return row
@@ -207,11 +212,12 @@ def bench_end_to_end(s: Settings, dataset: MARS, device: torch.device, pipeline:
                     T.train_step(st, clips, pids, cfg.diversity_weight, dtype)
 
         epochs(1)  # warm-up (and compilation)
-        seconds = timed(lambda: epochs(s.epochs), device, s.repeats)
+        with ops.backends_ran() as ran:
+            seconds = timed(lambda: epochs(s.epochs), device, s.repeats)
         st.meter.read()
     clips = s.epochs * len(loader) * s.batch
-    return {"pipeline": pipeline, "workers": workers, "variant": variant, "clips_per_run": clips,
-            "clips_per_s": clips / seconds}
+    return {"pipeline": pipeline, "workers": workers, "variant": variant, "backend": ran_text(ran),
+            "backends_ran": dict(ran), "clips_per_run": clips, "clips_per_s": clips / seconds}
 
 
 def bench_eval(s: Settings, dataset: MARS, device: torch.device, pipeline: str, workers: int) -> dict:
