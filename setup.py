@@ -53,9 +53,9 @@ def extensions():
                   extra_link_args=["-fopenmp"])
     if want_cuda:
         cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
-        nvcc = ["-O3", "--expt-relaxed-constexpr",
-                "-gencode=arch=compute_80,code=sm_80",
-                "-gencode=arch=compute_90,code=sm_90"]
+        nvcc = ["-O3", "--expt-relaxed-constexpr"]
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):  # else torch's flags for that list (the GPU check: 9.0)
+            nvcc += ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
         ext = cpp_extension.CUDAExtension(
             sources=cpu_sources + cuda_sources,
             extra_compile_args={"cxx": cxx + ["-DSTAFAST_WITH_CUDA"], "nvcc": nvcc + ["-DSTAFAST_WITH_CUDA"]},

@@ -70,7 +70,7 @@ class Settings:
 
 
 GPU = Settings("resnet50", 256, 128, 8, 4, 6, "bf16", 625, data_ids=128, epochs=6, warmup=10, steps=50, repeats=3,
-               eval_batch=64, eval_tracklets=4096, compile_backend="inductor")
+               eval_batch=64, eval_tracklets=1024, compile_backend="inductor")
 # The dry run compiles with aot_eager (dynamo + AOT autograd tracing, no code generation): CPU
 # inductor would take minutes on 2 cores and generates other code than on a GPU anyway.
 DRY = Settings("resnet18", 64, 32, 2, 2, 3, "none", 8, data_ids=4, epochs=1, warmup=1, steps=2, repeats=1,
@@ -114,6 +114,11 @@ def amp_dtype(cfg: TrainConfig, device: torch.device):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if device.type == "cuda" else None
 
 
+def ran_text(ran: dict) -> str:
+    """The backends that ran the stafast ops (ops.backends_ran()); none: the reference, inline in the model."""
+    return "+".join(sorted(set(ran.values()))) or "reference"
+
+
 def variant_backend(variant: str) -> str:
     return "reference" if variant == "eager" else "auto"
 
@@ -137,11 +142,12 @@ def bench_step(s: Settings, device: torch.device, stage: int, variant: str) -> d
         warm = time.perf_counter() - t0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        seconds = timed(lambda: steps(s.steps), device, s.repeats)
+        with ops.backends_ran() as ran:
+            seconds = timed(lambda: steps(s.steps), device, s.repeats)
         means, bad, _ = st.meter.read()
-    row = {"stage": stage, "variant": variant, "backend": ops.available_backends(device)[0] if variant != "eager"
-           else "reference", "clips_per_s": s.steps * s.batch / seconds, "ms_per_step": 1e3 * seconds / s.steps,
-           "warmup_s": warm, "loss": means["loss"], "non_finite_steps": bad}
+    row = {"stage": stage, "variant": variant, "backend": ran_text(ran), "backends_ran": dict(ran),
+           "clips_per_s": s.steps * s.batch / seconds, "ms_per_step": 1e3 * seconds / s.steps, "warmup_s": warm,
+           "loss": means["loss"], "non_finite_steps": bad}
     if device.type == "cuda":
         row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     return row
@@ -206,11 +212,12 @@ def bench_end_to_end(s: Settings, dataset: MARS, device: torch.device, pipeline:
                     T.train_step(st, clips, pids, cfg.diversity_weight, dtype)
 
         epochs(1)  # warm-up (and compilation)
-        seconds = timed(lambda: epochs(s.epochs), device, s.repeats)
+        with ops.backends_ran() as ran:
+            seconds = timed(lambda: epochs(s.epochs), device, s.repeats)
         st.meter.read()
     clips = s.epochs * len(loader) * s.batch
-    return {"pipeline": pipeline, "workers": workers, "variant": variant, "clips_per_run": clips,
-            "clips_per_s": clips / seconds}
+    return {"pipeline": pipeline, "workers": workers, "variant": variant, "backend": ran_text(ran),
+            "backends_ran": dict(ran), "clips_per_run": clips, "clips_per_s": clips / seconds}
 
 
 def bench_eval(s: Settings, dataset: MARS, device: torch.device, pipeline: str, workers: int) -> dict:
@@ -273,11 +280,13 @@ def table(result: dict) -> str:
         lines.append(f"| stage {stage} ({'CNN frozen' if stage == 3 else 'whole network'}) | " + " | ".join(cells) + " |")
     lines += ["", "| (b) data pipeline alone | workers | clips/s |", "| --- | ---: | ---: |"]
     lines += [f"| {r['pipeline']} | {r['workers']} | {r['clips_per_s']:.1f} |" for r in result["data"]]
-    e = result["end_to_end"]
-    lines += ["", "| (c) stage 4, pipeline + step | clips/s |", "| --- | ---: |",
-              f"| {e['pipeline']} + {e['variant']} step | {e['clips_per_s']:.1f} |", "", e["explanation"] + ".", "",
-              "| (d) evaluation features | batch | frames/s |", "| --- | ---: | ---: |",
-              f"| {result['eval']['pipeline']} | {result['eval']['batch']} | {result['eval']['frames_per_s']:.1f} |"]
+    e = result.get("end_to_end")
+    if e:
+        lines += ["", "| (c) stage 4, pipeline + step | clips/s |", "| --- | ---: |",
+                  f"| {e['pipeline']} + {e['variant']} step | {e['clips_per_s']:.1f} |", "", e["explanation"] + "."]
+    if result.get("eval"):
+        lines += ["", "| (d) evaluation features | batch | frames/s |", "| --- | ---: | ---: |",
+                  f"| {result['eval']['pipeline']} | {result['eval']['batch']} | {result['eval']['frames_per_s']:.1f} |"]
     return "\n".join(lines)
 
 
@@ -285,17 +294,29 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="CPU, toy sizes: check that every section runs")
     p.add_argument("--out", default="bench/results/gpu", help="folder for throughput.json and throughput.md")
-    p.add_argument("--data", help="folder for the generated JPEG set (default: OUT/data)")
+    p.add_argument("--data", help="folder for the generated JPEG set (default: stafast-throughput in the temporary "
+                                  "folder, never OUT: some 17,000 files at the GPU settings)")
     p.add_argument("--workers", type=int, default=None, help="data workers (default: min(8, CPUs))")
     p.add_argument("--variants", nargs="+", default=["eager", "fused", "compile"], choices=["eager", "fused", "compile"])
+    p.add_argument("--stages", nargs="+", type=int, default=[3, 4], choices=[3, 4], help="training stages to step")
+    p.add_argument("--pipelines", nargs="+", choices=["dali", "torch"],
+                   help="frame pipelines (default: DALI when installed, and torch)")
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
+                   help="sections to measure (end_to_end needs step with stage 4, and data)")
+    p.add_argument("--jsonl", help="also append each row as a JSON line to this file as soon as it is measured")
     a = p.parse_args(argv)
+    if "end_to_end" in a.sections and not ({"step", "data"} <= set(a.sections) and 4 in a.stages):
+        p.error("--sections end_to_end needs step (with --stages 4) and data")
+    if "dali" in (a.pipelines or []) and not dali_available():
+        p.error("--pipelines dali: nvidia-dali is not installed (pip install -e .[dali]; on the GPU machine "
+                "scripts/gpu_wheels.sh)")
     device = torch.device("cpu" if a.dry_run or not torch.cuda.is_available() else "cuda")
     if device.type == "cpu" and not a.dry_run:
         p.error("no GPU here: the paper's settings take minutes per step on a CPU; use --dry-run")
     s = DRY if a.dry_run else GPU
     workers = a.workers or min(8, os.cpu_count() or 2)
     os.makedirs(a.out, exist_ok=True)
-    data_folder = a.data or os.path.join(a.out, "data")
+    data_folder = a.data or os.path.join(tempfile.gettempdir(), "stafast-throughput")
     os.makedirs(data_folder, exist_ok=True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -306,31 +327,47 @@ def main(argv=None) -> dict:
     def say(msg):
         print(f"[throughput] {msg}", file=sys.stderr, flush=True)
 
-    for stage in (3, 4):
-        for variant in a.variants:
-            result["step"].append(bench_step(s, device, stage, variant))
-            r = result["step"][-1]
-            say(f"step stage {stage} {variant}: {r['clips_per_s']:.1f} clips/s (warm-up {r['warmup_s']:.1f} s)")
-    t0 = time.perf_counter()
-    dataset = jpeg_set(s, data_folder)
-    say(f"JPEG set: {len(dataset.train)} training tracklets ({time.perf_counter() - t0:.0f} s)")
-    pipelines = (["dali"] if dali_available() else []) + ["torch"]
-    for pipeline in pipelines:
-        result["data"].append(bench_data(s, dataset, device, pipeline, workers))
-        say(f"data {pipeline}: {result['data'][-1]['clips_per_s']:.1f} clips/s")
-    best_step = max((r for r in result["step"] if r["stage"] == 4), key=lambda r: r["clips_per_s"])
-    best_data = max(result["data"], key=lambda r: r["clips_per_s"])
-    e2e = bench_end_to_end(s, dataset, device, best_data["pipeline"], workers, best_step["variant"])
-    e2e.update(verdict(best_step["clips_per_s"], best_data["clips_per_s"], e2e["clips_per_s"]))
-    result["end_to_end"] = e2e
-    say(f"end to end: {e2e['clips_per_s']:.1f} clips/s; {e2e['explanation']}")
-    result["eval"] = bench_eval(s, dataset, device, best_data["pipeline"], workers)
-    say(f"eval: {result['eval']['frames_per_s']:.1f} frames/s")
-    missing = [k for k in SECTIONS if not result.get(k)]
+    def keep(section: str, row: dict) -> None:
+        """Records a row at once (a run stopped at a time limit keeps what it measured)."""
+        if section in ("step", "data"):
+            result[section].append(row)
+        else:
+            result[section] = row
+        with open(os.path.join(a.out, "throughput.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        if a.jsonl:
+            with open(a.jsonl, "a") as f:
+                f.write(json.dumps({"kind": "throughput", "section": section, **row}) + "\n")
+
+    if "step" in a.sections:
+        for stage in a.stages:
+            for variant in a.variants:
+                keep("step", bench_step(s, device, stage, variant))
+                r = result["step"][-1]
+                say(f"step stage {stage} {variant}: {r['clips_per_s']:.1f} clips/s (warm-up {r['warmup_s']:.1f} s)")
+    pipelines = a.pipelines or (["dali"] if dali_available() else []) + ["torch"]
+    dataset = None
+    if {"data", "eval"} & set(a.sections):
+        t0 = time.perf_counter()
+        dataset = jpeg_set(s, data_folder)
+        say(f"JPEG set in {data_folder}: {len(dataset.train)} training tracklets ({time.perf_counter() - t0:.0f} s)")
+    if "data" in a.sections:
+        for pipeline in pipelines:
+            keep("data", bench_data(s, dataset, device, pipeline, workers))
+            say(f"data {pipeline}: {result['data'][-1]['clips_per_s']:.1f} clips/s")
+    best_data = max(result["data"], key=lambda r: r["clips_per_s"]) if result["data"] else {"pipeline": pipelines[0]}
+    if "end_to_end" in a.sections:
+        best_step = max((r for r in result["step"] if r["stage"] == 4), key=lambda r: r["clips_per_s"])
+        e2e = bench_end_to_end(s, dataset, device, best_data["pipeline"], workers, best_step["variant"])
+        e2e.update(verdict(best_step["clips_per_s"], best_data["clips_per_s"], e2e["clips_per_s"]))
+        keep("end_to_end", e2e)
+        say(f"end to end: {e2e['clips_per_s']:.1f} clips/s; {e2e['explanation']}")
+    if "eval" in a.sections:
+        keep("eval", bench_eval(s, dataset, device, best_data["pipeline"], workers))
+        say(f"eval: {result['eval']['frames_per_s']:.1f} frames/s")
+    missing = [k for k in a.sections if not result.get(k)]
     if missing:
         raise RuntimeError(f"throughput: sections {missing} are empty")
-    with open(os.path.join(a.out, "throughput.json"), "w") as f:
-        json.dump(result, f, indent=2)
     with open(os.path.join(a.out, "throughput.md"), "w") as f:
         f.write(table(result) + "\n")
     print(table(result))

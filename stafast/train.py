@@ -97,14 +97,15 @@ class Run:
 
 def setup_distributed() -> tuple[int, int, torch.device]:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        rank, world = dist.get_rank(), dist.get_world_size()
         if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", 0))
-            torch.cuda.set_device(local)
-            return rank, world, torch.device("cuda", local)
-        return rank, world, torch.device("cpu")
+            # the rank's GPU first, and bound to NCCL: else every rank's communicator starts on GPU 0
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            device = torch.device("cpu")
+            dist.init_process_group("gloo")
+        return dist.get_rank(), dist.get_world_size(), device
     return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

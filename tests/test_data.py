@@ -155,6 +155,13 @@ def test_one_frame_tracklet_with_six_frames_per_clip(mars_tree, pipeline):
         torch.testing.assert_close(clip[i], clip[0])
 
 
+def test_dali_loader_decodes_on_the_device_it_is_given(monkeypatch):
+    """device="cuda:1" decodes on GPU 1 and puts the clips there; "cuda" alone means the current GPU."""
+    from stafast.data.dali import cuda_device_id
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert cuda_device_id("cuda:1") == 1 and cuda_device_id(torch.device("cuda", 0)) == 0
+    assert cuda_device_id("cuda") == 3 and cuda_device_id("cpu") is None
+
 # ------------------------------------------------------------------------------ pipelines, plan
 @pytest.mark.parametrize("mode, size", [("train", (32, 16)), ("test", (48, 24))])
 def test_dali_and_torch_give_the_same_clips(mars_tree, mode, size):

@@ -45,6 +45,28 @@ def test_oim_gradient_uses_the_old_table_then_updates():
     torch.testing.assert_close(crit.lut[[0, 2]], old[[0, 2]])
 
 
+def test_oim_table_update_is_a_fixed_order_sum():
+    """Several samples of an id move its row once, by their mean; unlabeled ones move none. The sums are
+    a GEMM (the same order on every run), not index_add_ / scatter_add_, which add atomically on CUDA in
+    an order that changes from run to run."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from stafast.losses.oim import update_tables
+    lut = F.normalize(torch.randn(6, 8), dim=1)
+    x = F.normalize(torch.randn(7, 8), dim=1)
+    y = torch.tensor([4, 1, -1, 4, 4, 0, 1])
+    updated = lut.clone()
+    update_tables(updated, torch.zeros(0, 8), torch.zeros((), dtype=torch.long), x, y, 0.25)
+    for i in range(6):
+        rows = x[y == i].double()
+        want = lut[i].double() if not len(rows) else F.normalize(0.25 * lut[i].double() + 0.75 * rows.mean(0), dim=0)
+        torch.testing.assert_close(updated[i].double(), want, rtol=1e-6, atol=1e-7)
+    graph = make_fx(update_tables)(lut.clone(), torch.zeros(0, 8), torch.zeros((), dtype=torch.long), x, y, 0.25)
+    called = {str(n.target) for n in graph.graph.nodes if n.op == "call_function"}
+    assert not {t for t in called if "index_add" in t or "scatter" in t or "index_put" in t}, called
+    assert any("mm" in t for t in called), called
+
+
 def test_oim_queue_takes_unlabeled_samples():
     crit = OIMLoss(4, 3, queue_size=3)
     x = F.normalize(torch.randn(4, 4), dim=1).requires_grad_()

@@ -295,6 +295,28 @@ def test_ddp_two_gloo_processes_keep_one_oim_table(tiny_root, tmp_path):
     torch.testing.assert_close(t0, t1, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("cuda", [True, False])
+def test_setup_distributed_binds_the_rank_to_its_gpu_first(monkeypatch, cuda):
+    """With GPUs: set_device(LOCAL_RANK) before init_process_group("nccl", device_id=that GPU), so that
+    each rank's communicator and its collectives run on its own GPU, not all on GPU 0."""
+    calls = []
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setattr(T.dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
+    monkeypatch.setattr(T.dist, "get_rank", lambda: 3)
+    monkeypatch.setattr(T.dist, "get_world_size", lambda: 4)
+    rank, world, device = T.setup_distributed()
+    assert (rank, world) == (3, 4)
+    if cuda:
+        gpu = torch.device("cuda", 1)
+        assert device == gpu and calls == [("set_device", gpu), ("nccl", {"device_id": gpu})]
+    else:
+        assert device == torch.device("cpu") and calls == [("gloo", {})]
+
+
 def test_sharded_plan_splits_every_global_batch():
     tracklets = [Tracklet((f"f{i}",), i % 4, 1) for i in range(16)]
     plan = ClipPlan(tracklets, 3, "train", seed=0, ids_per_batch=2, tracklets_per_id=2)

@@ -138,7 +138,7 @@ void backward_kernel(const T* grad, const T* attn, T* grad_attn, int64_t M, int6
 }
 
 at::Tensor forward(const at::Tensor& attn_in, c10::string_view kind) {
-  check_input(attn_in, "attn", 3);
+  check_diversity_penalty(attn_in);
   const bool hellinger = is_hellinger(std::string(kind));
   const auto attn = compute_copy(attn_in);
   const int64_t M = attn.size(0), K = attn.size(1), L = attn.size(2);
@@ -150,12 +150,11 @@ at::Tensor forward(const at::Tensor& attn_in, c10::string_view kind) {
 }
 
 at::Tensor backward(const at::Tensor& grad_in, const at::Tensor& attn_in, c10::string_view kind) {
-  check_input(attn_in, "attn", 3);
+  check_diversity_penalty_backward(grad_in, attn_in);
   const bool hellinger = is_hellinger(std::string(kind));
   const auto attn = compute_copy(attn_in);
   const auto grad = grad_in.to(attn.scalar_type()).contiguous();
   const int64_t M = attn.size(0), K = attn.size(1), L = attn.size(2);
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == M, "stafast_ext: grad must be (M,) = (", M, ",), got ", grad.sizes());
   auto grad_attn = empty_output(attn.sizes(), attn.options());
   AT_DISPATCH_FLOATING_TYPES(attn.scalar_type(), "diversity_penalty_backward", [&] {
     backward_kernel<scalar_t>(grad.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), grad_attn.data_ptr<scalar_t>(),

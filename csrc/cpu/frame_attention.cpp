@@ -89,13 +89,10 @@ void backward_kernel(const T* grad, const T* x, const T* bias, T* grad_x, T* gra
 }
 
 at::Tensor forward(const at::Tensor& x_in, const at::Tensor& bias_in, double scale) {
-  check_input(x_in, "x", 4);
-  check_input(bias_in, "bias", 2);
+  check_frame_attention(x_in, bias_in);
   const auto x = compute_copy(x_in);
   const auto bias = compute_copy(bias_in).to(x.scalar_type());
   const int64_t B = x.size(0), N = x.size(1), K = x.size(2), D = x.size(3);
-  TORCH_CHECK(bias.size(0) == N && bias.size(1) == N, "stafast_ext: bias must be (N, N) = (", N, ", ", N, "), got ",
-              bias.sizes());
   auto out = empty_output(x.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "frame_attention", [&] {
     forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
@@ -106,15 +103,12 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& bias_in, double sca
 
 std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_in, const at::Tensor& x_in,
                                             const at::Tensor& bias_in, double scale) {
-  check_input(x_in, "x", 4);
-  check_input(bias_in, "bias", 2);
+  check_frame_attention_backward(grad_in, x_in, bias_in);
   const auto x = compute_copy(x_in);
   const auto dtype = x.scalar_type();
   const auto grad = compute_copy(grad_in).to(dtype);
   const auto bias = compute_copy(bias_in).to(dtype);
   const int64_t B = x.size(0), N = x.size(1), K = x.size(2), D = x.size(3);
-  TORCH_CHECK(grad.sizes() == x.sizes() && bias.size(0) == N && bias.size(1) == N,
-              "stafast_ext: frame_attention_backward got mismatched shapes");
   auto grad_x = empty_output(x.sizes(), x.options());
   auto grad_scores = at::empty({B * K, N, N}, x.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "frame_attention_backward", [&] {

@@ -178,13 +178,10 @@ void backward_kernel(const T* grad_pooled, const T* grad_attn, const T* logits, 
 }
 
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& logits_in, const at::Tensor& feats_in) {
-  check_input(logits_in, "logits", 3);
-  check_input(feats_in, "feats", 3);
+  check_spatial_softmax_pool(logits_in, feats_in);
   const auto logits = compute_copy(logits_in);
   const auto feats = compute_copy(feats_in).to(logits.scalar_type());
   const int64_t M = logits.size(0), K = logits.size(1), L = logits.size(2), D = feats.size(2);
-  TORCH_CHECK(feats.size(0) == M && feats.size(1) == L, "stafast_ext: feats must be (M, L, D) = (", M, ", ", L,
-              ", D), got ", feats.sizes());
   auto pooled = empty_output({M, K, D}, logits.options());
   auto attn = empty_output({M, K, L}, logits.options());
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "spatial_softmax_pool", [&] {
@@ -196,17 +193,13 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& logits_in, const at
 
 std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_pooled_in, const at::Tensor& grad_attn_in,
                                             const at::Tensor& logits_in, const at::Tensor& feats_in) {
-  check_input(logits_in, "logits", 3);
-  check_input(feats_in, "feats", 3);
+  check_spatial_softmax_pool_backward(grad_pooled_in, grad_attn_in, logits_in, feats_in);
   const auto logits = compute_copy(logits_in);
   const auto dtype = logits.scalar_type();
   const auto feats = compute_copy(feats_in).to(dtype);
   const auto grad_pooled = compute_copy(grad_pooled_in).to(dtype);
   const auto grad_attn = compute_copy(grad_attn_in).to(dtype);
   const int64_t M = logits.size(0), K = logits.size(1), L = logits.size(2), D = feats.size(2);
-  TORCH_CHECK(grad_pooled.sizes() == at::IntArrayRef({M, K, D}) && grad_attn.sizes() == logits.sizes() &&
-                  feats.size(0) == M && feats.size(1) == L,
-              "stafast_ext: spatial_softmax_pool_backward got mismatched shapes");
   auto grad_logits = empty_output(logits.sizes(), logits.options());
   auto grad_feats = empty_output(feats.sizes(), feats.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "spatial_softmax_pool_backward", [&] {

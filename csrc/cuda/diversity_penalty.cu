@@ -66,46 +66,41 @@ __global__ void backward_kernel(const acc_t* __restrict__ grad, const scalar_t* 
   grad_attn[index] = static_cast<scalar_t>(out);
 }
 
-at::ScalarType acc_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
 at::Tensor forward(const at::Tensor& attn_in, c10::string_view kind) {
-  check_input(attn_in, "attn", 3);
+  check_diversity_penalty(attn_in);
   const bool hellinger = is_hellinger(std::string(kind));
   const c10::cuda::CUDAGuard guard(attn_in.device());
   const auto attn = attn_in.contiguous();
   const int64_t M = attn.size(0);
   const int K = attn.size(1), L = attn.size(2);
-  auto q = at::empty({M}, attn.options().dtype(acc_dtype(attn)));
+  auto q = at::empty({M}, attn.options().dtype(acc_dtype(attn.scalar_type())));
   STAFAST_DISPATCH(attn.scalar_type(), "diversity_penalty", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    gram_kernel<scalar_t, acc_t><<<M, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        attn.data_ptr<scalar_t>(), q.data_ptr<acc_t>(), nullptr, K, L, hellinger);
+    launch(gram_kernel<scalar_t, acc_t>, M, kThreads, c10::cuda::getCurrentCUDAStream(), attn.data_ptr<scalar_t>(),
+           q.data_ptr<acc_t>(), nullptr, K, L, hellinger);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return q;
 }
 
 at::Tensor backward(const at::Tensor& grad_in, const at::Tensor& attn_in, c10::string_view kind) {
-  check_input(attn_in, "attn", 3);
+  check_diversity_penalty_backward(grad_in, attn_in);
   const bool hellinger = is_hellinger(std::string(kind));
   const c10::cuda::CUDAGuard guard(attn_in.device());
   const auto attn = attn_in.contiguous();
-  const auto grad = grad_in.to(acc_dtype(attn)).contiguous();
+  const auto acc = acc_dtype(attn.scalar_type());
+  const auto grad = grad_in.to(acc).contiguous();  // the spec's computation dtype
   const int64_t M = attn.size(0);
   const int K = attn.size(1), L = attn.size(2);
   auto grad_attn = at::empty_like(attn);
-  auto e = at::empty({M, K, K}, attn.options().dtype(acc_dtype(attn)));
+  auto e = at::empty({M, K, K}, attn.options().dtype(acc));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   STAFAST_DISPATCH(attn.scalar_type(), "diversity_penalty_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    gram_kernel<scalar_t, acc_t><<<M, kThreads, 0, stream>>>(attn.data_ptr<scalar_t>(), nullptr, e.data_ptr<acc_t>(), K,
-                                                            L, hellinger);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    backward_kernel<scalar_t, acc_t><<<cdiv(M * K * L, kThreads), kThreads, 0, stream>>>(
-        grad.data_ptr<acc_t>(), attn.data_ptr<scalar_t>(), e.data_ptr<acc_t>(), grad_attn.data_ptr<scalar_t>(), M, K, L,
-        hellinger);
+    launch(gram_kernel<scalar_t, acc_t>, M, kThreads, stream, attn.data_ptr<scalar_t>(), nullptr, e.data_ptr<acc_t>(),
+           K, L, hellinger);
+    launch(backward_kernel<scalar_t, acc_t>, cdiv(M * K * L, kThreads), kThreads, stream, grad.data_ptr<acc_t>(),
+           attn.data_ptr<scalar_t>(), e.data_ptr<acc_t>(), grad_attn.data_ptr<scalar_t>(), M, K, L, hellinger);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grad_attn;
 }
 

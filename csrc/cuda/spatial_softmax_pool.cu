@@ -6,8 +6,10 @@
 //           pools its channel. feats is read once per kHeads heads.
 // backward: same grid. For each tile of kCells cells a thread keeps its channel's feats and
 //           grad_feats in registers while the heads go by kHeads at a time: grad_feats += attn^T g,
-//           and d_attn = g feats^T is reduced over the warp and added atomically into an fp32 (fp64)
-//           buffer. A last kernel, one thread per (frame, head), applies the softmax backward.
+//           and d_attn = g feats^T is reduced over each warp, then over the block's warps in shared
+//           memory, into the block's partial sums (M, D splits, K, L) in fp32 (fp64). A last kernel,
+//           one thread per (frame, head), adds the splits in a fixed order (no atomics: the same
+//           result on every run, as the Triton backward) and applies the softmax backward.
 #include <torch/library.h>
 
 #include "../common.h"
@@ -80,14 +82,19 @@ __global__ void forward_kernel(const scalar_t* __restrict__ logits, const acc_t*
   }
 }
 
+constexpr int kWarps = kThreads / 32;
+static_assert(kHeads * kCells == kThreads, "the block sums a tile's partials with one thread per (head, cell)");
+
 template <typename scalar_t, typename acc_t>
 __global__ void backward_tile_kernel(const scalar_t* __restrict__ grad_pooled, const scalar_t* __restrict__ logits,
                                      const acc_t* __restrict__ stats, const scalar_t* __restrict__ feats,
-                                     scalar_t* __restrict__ grad_feats, acc_t* __restrict__ d_attn, int K, int L,
+                                     scalar_t* __restrict__ grad_feats, acc_t* __restrict__ partial, int K, int L,
                                      int64_t D) {
   __shared__ acc_t tile[kHeads * kCells];
+  __shared__ acc_t warp_parts[kWarps][kHeads * kCells];  // each warp's sums over its 32 channels
   const int64_t m = blockIdx.x;
   const int64_t d = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
+  const int warp = threadIdx.x / 32;
   const bool valid = d < D;
   for (int l0 = 0; l0 < L; l0 += kCells) {
     acc_t f[kCells], gf[kCells];
@@ -106,7 +113,16 @@ __global__ void backward_tile_kernel(const scalar_t* __restrict__ grad_pooled, c
         for (int i = 0; i < kCells; ++i) {
           gf[i] += tile[j * kCells + i] * g;  // attn^T grad_pooled
           const acc_t part = warp_sum(g * f[i]);  // grad_pooled feats^T, this warp's channels
-          if ((threadIdx.x & 31) == 0 && l0 + i < L) atomicAdd(d_attn + row * L + l0 + i, part);
+          if ((threadIdx.x & 31) == 0) warp_parts[warp][j * kCells + i] = part;
+        }
+      }
+      __syncthreads();
+      {  // the block's channels, warp by warp in order: one thread per (head, cell) of the tile
+        const int j = threadIdx.x / kCells, i = threadIdx.x % kCells;
+        if (k0 + j < K && l0 + i < L) {
+          acc_t sum = 0;
+          for (int w = 0; w < kWarps; ++w) sum += warp_parts[w][threadIdx.x];
+          partial[((m * gridDim.y + blockIdx.y) * K + k0 + j) * L + l0 + i] = sum;
         }
       }
       __syncthreads();
@@ -118,84 +134,86 @@ __global__ void backward_tile_kernel(const scalar_t* __restrict__ grad_pooled, c
   }
 }
 
+// d_attn[row, l] = grad_attn[row, l] + the D splits' partial sums, added in split order.
+template <typename scalar_t, typename acc_t>
+__device__ acc_t d_attn(const scalar_t* grad_attn, const acc_t* partial, int64_t row, int l, int K, int L,
+                        int splits) {
+  const int64_t m = row / K, k = row % K;
+  acc_t sum = static_cast<acc_t>(grad_attn[row * L + l]);
+  for (int s = 0; s < splits; ++s) sum += partial[((m * splits + s) * K + k) * L + l];
+  return sum;
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void backward_softmax_kernel(const scalar_t* __restrict__ grad_attn, const scalar_t* __restrict__ logits,
-                                        const acc_t* __restrict__ stats, const acc_t* __restrict__ d_attn,
-                                        scalar_t* __restrict__ grad_logits, int64_t rows, int L) {
+                                        const acc_t* __restrict__ stats, const acc_t* __restrict__ partial,
+                                        scalar_t* __restrict__ grad_logits, int64_t rows, int K, int L, int splits) {
   const int64_t row = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (row >= rows) return;
   const acc_t mx = stats[2 * row], inv = stats[2 * row + 1];
   acc_t inner = 0;
   for (int l = 0; l < L; ++l) {
     const acc_t a = exp(static_cast<acc_t>(logits[row * L + l]) - mx) * inv;
-    inner += a * (d_attn[row * L + l] + static_cast<acc_t>(grad_attn[row * L + l]));
+    inner += a * d_attn(grad_attn, partial, row, l, K, L, splits);
   }
   for (int l = 0; l < L; ++l) {
     const acc_t a = exp(static_cast<acc_t>(logits[row * L + l]) - mx) * inv;
-    grad_logits[row * L + l] =
-        static_cast<scalar_t>(a * (d_attn[row * L + l] + static_cast<acc_t>(grad_attn[row * L + l]) - inner));
+    grad_logits[row * L + l] = static_cast<scalar_t>(a * (d_attn(grad_attn, partial, row, l, K, L, splits) - inner));
   }
 }
 
-at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& logits_in, const at::Tensor& feats_in) {
-  check_input(logits_in, "logits", 3);
-  check_input(feats_in, "feats", 3);
+  check_spatial_softmax_pool(logits_in, feats_in);
   const c10::cuda::CUDAGuard guard(logits_in.device());
-  const auto logits = logits_in.contiguous();
-  const auto feats = feats_in.to(logits.scalar_type()).contiguous();
+  const auto dtype = kernel_dtype({logits_in, feats_in});
+  const auto logits = logits_in.to(dtype).contiguous();
+  const auto feats = feats_in.to(dtype).contiguous();
   const int64_t M = logits.size(0), D = feats.size(2);
   const int K = logits.size(1), L = logits.size(2);
   auto pooled = at::empty({M, K, D}, logits.options());
   auto attn = at::empty_like(logits);
-  auto stats = at::empty({M * K, 2}, logits.options().dtype(acc_type(logits.scalar_type())));
+  auto stats = at::empty({M * K, 2}, logits.options().dtype(acc_dtype(dtype)));
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  STAFAST_DISPATCH(logits.scalar_type(), "spatial_softmax_pool", [&] {
+  STAFAST_DISPATCH(dtype, "spatial_softmax_pool", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    stats_kernel<scalar_t, acc_t><<<cdiv(M * K, kThreads), kThreads, 0, stream>>>(
-        logits.data_ptr<scalar_t>(), stats.data_ptr<acc_t>(), M * K, L);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    forward_kernel<scalar_t, acc_t><<<dim3(M, cdiv(D, kThreads)), kThreads, 0, stream>>>(
-        logits.data_ptr<scalar_t>(), stats.data_ptr<acc_t>(), feats.data_ptr<scalar_t>(), pooled.data_ptr<scalar_t>(),
-        attn.data_ptr<scalar_t>(), K, L, D);
+    launch(stats_kernel<scalar_t, acc_t>, cdiv(M * K, kThreads), kThreads, stream, logits.data_ptr<scalar_t>(),
+           stats.data_ptr<acc_t>(), M * K, L);
+    launch(forward_kernel<scalar_t, acc_t>, dim3(M, cdiv(D, kThreads)), kThreads, stream, logits.data_ptr<scalar_t>(),
+           stats.data_ptr<acc_t>(), feats.data_ptr<scalar_t>(), pooled.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(),
+           K, L, D);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {pooled.to(feats_in.scalar_type()), attn};
+  return {pooled.to(feats_in.scalar_type()), attn.to(logits_in.scalar_type())};
 }
 
 std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_pooled_in, const at::Tensor& grad_attn_in,
                                             const at::Tensor& logits_in, const at::Tensor& feats_in) {
-  check_input(logits_in, "logits", 3);
-  check_input(feats_in, "feats", 3);
+  check_spatial_softmax_pool_backward(grad_pooled_in, grad_attn_in, logits_in, feats_in);
   const c10::cuda::CUDAGuard guard(logits_in.device());
-  const auto logits = logits_in.contiguous();
-  const auto dtype = logits.scalar_type();
+  const auto dtype = kernel_dtype({logits_in, feats_in, grad_pooled_in, grad_attn_in});
+  const auto logits = logits_in.to(dtype).contiguous();
   const auto feats = feats_in.to(dtype).contiguous();
   const auto grad_pooled = grad_pooled_in.to(dtype).contiguous();
   const auto grad_attn = grad_attn_in.to(dtype).contiguous();
   const int64_t M = logits.size(0), D = feats.size(2);
   const int K = logits.size(1), L = logits.size(2);
+  const int splits = cdiv(D, kThreads);  // the tile kernel's blocks along D, each writing its partial sums
   auto grad_logits = at::empty_like(logits);
   auto grad_feats = at::empty_like(feats);
-  auto d_attn = at::zeros({M, K, L}, logits.options().dtype(acc_type(dtype)));
-  auto stats = at::empty({M * K, 2}, logits.options().dtype(acc_type(dtype)));
+  auto partial = at::empty({M, splits, K, L}, logits.options().dtype(acc_dtype(dtype)));
+  auto stats = at::empty({M * K, 2}, logits.options().dtype(acc_dtype(dtype)));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   STAFAST_DISPATCH(dtype, "spatial_softmax_pool_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    stats_kernel<scalar_t, acc_t><<<cdiv(M * K, kThreads), kThreads, 0, stream>>>(
-        logits.data_ptr<scalar_t>(), stats.data_ptr<acc_t>(), M * K, L);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    backward_tile_kernel<scalar_t, acc_t><<<dim3(M, cdiv(D, kThreads)), kThreads, 0, stream>>>(
-        grad_pooled.data_ptr<scalar_t>(), logits.data_ptr<scalar_t>(), stats.data_ptr<acc_t>(),
-        feats.data_ptr<scalar_t>(), grad_feats.data_ptr<scalar_t>(), d_attn.data_ptr<acc_t>(), K, L, D);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    backward_softmax_kernel<scalar_t, acc_t><<<cdiv(M * K, kThreads), kThreads, 0, stream>>>(
-        grad_attn.data_ptr<scalar_t>(), logits.data_ptr<scalar_t>(), stats.data_ptr<acc_t>(), d_attn.data_ptr<acc_t>(),
-        grad_logits.data_ptr<scalar_t>(), M * K, L);
+    launch(stats_kernel<scalar_t, acc_t>, cdiv(M * K, kThreads), kThreads, stream, logits.data_ptr<scalar_t>(),
+           stats.data_ptr<acc_t>(), M * K, L);
+    launch(backward_tile_kernel<scalar_t, acc_t>, dim3(M, splits), kThreads, stream, grad_pooled.data_ptr<scalar_t>(),
+           logits.data_ptr<scalar_t>(), stats.data_ptr<acc_t>(), feats.data_ptr<scalar_t>(),
+           grad_feats.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(), K, L, D);
+    launch(backward_softmax_kernel<scalar_t, acc_t>, cdiv(M * K, kThreads), kThreads, stream,
+           grad_attn.data_ptr<scalar_t>(), logits.data_ptr<scalar_t>(), stats.data_ptr<acc_t>(),
+           partial.data_ptr<acc_t>(), grad_logits.data_ptr<scalar_t>(), M * K, K, L, splits);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {grad_logits, grad_feats.to(feats_in.scalar_type())};
+  return {grad_logits.to(logits_in.scalar_type()), grad_feats.to(feats_in.scalar_type())};
 }
 
 }  // namespace

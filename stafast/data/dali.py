@@ -97,6 +97,14 @@ class _ClipSource(_FrameSource):
         return (data, idx.astype(np.int32)), bad
 
 
+def cuda_device_id(device: str | torch.device) -> int | None:
+    """The CUDA device index of `device` ("cuda" alone: the current device); None for a CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 class DALIClipLoader:
     """`set_epoch(epoch, start)`, then iterate over the batches from `start` on; `len()` counts
     every batch of the epoch.  The pipeline's workers follow DALI's own epoch count, so a pass that
@@ -115,6 +123,7 @@ class DALIClipLoader:
         threads = threads or max(2, min(8, (os.cpu_count() or 2) // 2))
         self.workers, self.threads, self.on_error = workers, threads, on_error
         self.gpu = torch.device(device).type == "cuda"
+        self.device_id = cuda_device_id(device)  # DALI decodes there and the clips land there
         self.video = is_video(plan.tracklets)
         why_not = dali_decodes(plan, self.gpu)
         if why_not:
@@ -142,11 +151,10 @@ class DALIClipLoader:
             raise ValueError(f"{self.length} clips make no full batch of {self.batch_size}")
         source = (_ClipSource if self.video else _FrameSource)(
             self.plan, epoch, start * self.batch_size, self.batches * self.batch_size, self.on_error)
-        device_id = torch.cuda.current_device() if self.gpu else None
         decoder = "mixed" if self.gpu else "cpu"
 
         @pipeline_def(batch_size=self.batch_size * self.samples_per_clip, num_threads=self.threads,
-                      device_id=device_id, py_num_workers=max(1, self.workers), py_start_method="spawn",
+                      device_id=self.device_id, py_num_workers=max(1, self.workers), py_start_method="spawn",
                       seed=self.plan.seed)
         def pipe():
             if self.video:  # (N, H0, W0, 3) per clip
@@ -176,8 +184,8 @@ class DALIClipLoader:
         t = tensor_list.as_tensor()
         if self.gpu:
             from nvidia.dali.plugin.pytorch import feed_ndarray
-            out = torch.empty(t.shape(), dtype=torch.float32, device="cuda")
-            feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream())
+            out = torch.empty(t.shape(), dtype=torch.float32, device=torch.device("cuda", self.device_id))
+            feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(self.device_id))
             return out
         return torch.from_numpy(np.array(t))
 

@@ -44,12 +44,15 @@ def update_tables(lut: Tensor, queue: Tensor, queue_ptr: Tensor, inputs: Tensor,
     """Momentum update of the LUT rows of labeled ids; push unlabeled features into the queue.
 
     The LUT update has no host sync and no data-dependent shape (per-id sums over the whole table,
-    rows without a sample kept by a mask), so a training step with OIM can be captured on a GPU."""
+    rows without a sample kept by a mask), so a training step with OIM can be captured on a GPU.
+    The per-id sums are a product with the (batch x ids) one-hot matrix of the targets, in float64:
+    a GEMM adds in the same order on every run, where index_add_ adds atomically on CUDA, in an order
+    that changes from run to run, so DDP ranks' tables would drift apart in the low bits."""
     labeled = targets >= 0
-    rows = targets.clamp(min=0)
-    weight = labeled.to(lut.dtype)
-    sums = torch.zeros_like(lut).index_add_(0, rows, inputs.to(lut.dtype) * weight[:, None])
-    counts = torch.zeros(lut.shape[0], dtype=lut.dtype, device=lut.device).index_add_(0, rows, weight)[:, None]
+    ids = torch.arange(lut.shape[0], device=lut.device)
+    one_hot = (targets[:, None] == ids[None, :]).to(torch.float64)  # label -1 (unlabeled) matches no id
+    sums = one_hot.t().mm(inputs.to(torch.float64)).to(lut.dtype)
+    counts = one_hot.sum(0).to(lut.dtype)[:, None]
     moved = F.normalize(momentum * lut + (1 - momentum) * sums / counts.clamp(min=1), dim=1)
     lut.copy_(torch.where(counts > 0, moved, lut))
     size = queue.shape[0]
