@@ -7,7 +7,8 @@ its argument parser from these fields (stafast.cli), so flags, defaults, choices
 cannot drift apart.
 
 Defaults follow the paper (Sec. 4.2) for the real datasets; `--dataset synthetic` replaces the
-fields of SYNTHETIC (a small CPU-sized run).  `TrainConfig.create` applies that preset.
+fields of SYNTHETIC (a small CPU-sized run).  `TrainConfig.create` applies that preset, then the
+fields of an --ablation row.  STAGES is the table of the schedule's stages (--stages).
 """
 from __future__ import annotations
 
