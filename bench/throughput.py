@@ -101,13 +101,9 @@ def config(s: Settings, **overrides) -> TrainConfig:
 
 
 def make_stage(s: Settings, cfg: TrainConfig, stage: int, device: torch.device) -> T.Stage:
-    model, net, mc, criterion, optimizer, scheduler = T.build_trainable(cfg, stage, s.num_classes, device,
-                                                                        compile_backend=s.compile_backend)
-    model.train()
-    if stage in (2, 3):
-        model.backbone.eval()
-    return T.Stage(0, stage, 1, model, net, mc, criterion, optimizer, scheduler,
-                   T.LossMeter(T.loss_names(criterion), device))
+    st = T.build_trainable(cfg, stage, s.num_classes, device, compile_backend=s.compile_backend)
+    st.train_mode()
+    return st
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device):
@@ -225,7 +221,7 @@ def bench_eval(s: Settings, dataset: MARS, device: torch.device, pipeline: str, 
     start-up, which a real gallery of thousands of tracklets amortises, weighs little): N frames
     per tracklet (test sampling)."""
     cfg = config(s)
-    model = T.build_trainable(cfg, 4, s.num_classes, device)[0]
+    model = T.build_trainable(cfg, 4, s.num_classes, device).model
     dtype = amp_dtype(cfg, device)
     tracklets = (dataset.gallery * -(-s.eval_tracklets // len(dataset.gallery)))[:s.eval_tracklets]
 

@@ -7,7 +7,7 @@ A checkpoint is a dict saved with torch.save:
   model, criterion, optimizer, scheduler   state dicts
   stage_index, stage, epoch, step, global_step   where the run is: `step` batches of epoch `epoch`
                 (0-based) of stage `stages[stage_index]` are done; step 0 of epoch E means E epochs are
-  epoch_losses  the loss sums of the steps done in the current epoch (for its mean)
+  epoch_losses  {"sums": {loss name: sum}, "steps": n} of the steps done in the current epoch (its means)
   rng           torch / numpy / python / CUDA generator states
   metrics       the history written to metrics.json
 """

@@ -7,7 +7,8 @@ its argument parser from these fields (stafast.cli), so flags, defaults, choices
 cannot drift apart.
 
 Defaults follow the paper (Sec. 4.2) for the real datasets; `--dataset synthetic` replaces the
-fields of SYNTHETIC (a small CPU-sized run).  `TrainConfig.create` applies that preset.
+fields of SYNTHETIC (a small CPU-sized run).  `TrainConfig.create` applies that preset, then the
+fields of an --ablation row.  STAGES is the table of the schedule's stages (--stages).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from . import ops
-from .cli import option
+from .cli import option, registry_help
 from .data import DATASET_NAMES, PIPELINES
 from .losses import LOSSES
 from .metrics import PROTOCOLS
@@ -23,9 +24,29 @@ from .models import ABLATIONS, ARCHS, DIVERSITY_KINDS, SPATIAL_POOLINGS, TEMPORA
 from .models.backbone import LAST_STRIDES
 from .nn import ENHANCE_SCALES
 from .ops._checks import choice
+from .optim import OPTIMIZERS, SCHEDULES
 
 AMP = ("bf16", "fp16", "none")
-STAGES = (1, 2, 3, 4)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What one stage of the schedule (--stages) trains.  A stage starts from the weights of the stage
+    before it in --stages that fit (same name and shape: stafast.train.transfer), the first one from
+    --backbone-weights; it builds its own optimizer and schedule."""
+    trains: str                                 # for --help
+    frozen: tuple[str, ...] = ()                # STA submodules it does not train (kept in eval mode too)
+    forces: dict = dataclasses.field(default_factory=dict)  # STA settings it imposes over the configuration's
+
+
+# The stages of the paper's schedule (Sec. 4.2), read by the trainer in this one place.
+STAGES = {
+    1: StageSpec("the CNN alone (Table 1's baseline: average pooling, no attention)", forces=ABLATIONS["baseline"]),
+    2: StageSpec("spatial attention + diversity with average temporal pooling, CNN frozen", ("backbone",),
+                 dict(temporal_pooling="avg")),
+    3: StageSpec("all but the CNN (temporal attention, enhancement), CNN frozen", ("backbone",)),
+    4: StageSpec("the whole network (Table 1's Ind)"),
+}
 
 # Synthetic: ResNet-18 from random weights on 128x64 clips, stage 4 only, with the softmax loss:
 # OIM's table starts at zero and compares normalised embeddings, which a random CNN maps to nearly
@@ -77,15 +98,20 @@ class TrainConfig:
     width: int = option(128, "input width", MODEL)
 
     stages: tuple[int, ...] = option(
-        (1, 2, 3), "comma-separated stages to run, in order: 1 CNN alone, 2 attention + average pooling (CNN "
-                   "frozen), 3 all but the CNN, 4 whole network", OPTIM)
+        (1, 2, 3), "comma-separated stages to run, in order (stafast.config.STAGES): " + "; ".join(
+            f"{n} {spec.trains}" for n, spec in STAGES.items()) + ". Each starts from the weights of the one "
+        "before it", OPTIM)
     epochs: tuple[int, ...] = option((30, 20, 20), "epochs per stage (one value, or one per stage)", OPTIM)
-    loss: str = option("oim", "training loss, stafast.losses.LOSSES (" + "; ".join(
-        f"{name}: {build.__doc__.strip().rstrip('.')}" for name, build in LOSSES.items()) + ")", OPTIM, tuple(LOSSES))
+    loss: str = option("oim", registry_help("training loss, stafast.losses.LOSSES", LOSSES), OPTIM, LOSSES)
     oim_scalar: float = option(30.0, "OIM logit scale (1 / temperature)", OPTIM)
     oim_momentum: float = option(0.5, "OIM table momentum", OPTIM)
-    lr: float = option(0.1, "initial learning rate, x0.1 after --lr-step of each stage's epochs", OPTIM)
-    lr_step: float = option(0.5, "fraction of a stage's epochs after which the learning rate drops", OPTIM)
+    optimizer: str = option("sgd", registry_help("optimizer, stafast.optim.OPTIMIZERS", OPTIMIZERS), OPTIM,
+                            OPTIMIZERS)
+    schedule: str = option("step", registry_help("learning-rate schedule of each stage, stafast.optim.SCHEDULES",
+                                                 SCHEDULES), OPTIM, SCHEDULES)
+    lr: float = option(0.1, "initial learning rate of each stage", OPTIM)
+    lr_step: float = option(0.5, "the step schedule: fraction of a stage's epochs after which the learning rate "
+                                 "drops", OPTIM)
     momentum: float = option(0.9, "SGD momentum", OPTIM)
     weight_decay: float = option(5e-4, "SGD weight decay", OPTIM)
     ids_per_batch: int = option(8, "P ids per batch", OPTIM)
@@ -120,7 +146,7 @@ class TrainConfig:
         if not problems:
             problems += _problem(with_ablation, self.ablation, {k: getattr(self, k) for k in ABLATION_FIELDS})
         if not self.stages or any(s not in STAGES for s in self.stages):
-            problems.append(f"stages={self.stages}: each must be one of {STAGES}")
+            problems.append(f"stages={self.stages}: each must be one of {tuple(STAGES)}")
         if len(self.epochs) != len(self.stages) or any(e < 0 for e in self.epochs):
             problems.append(f"epochs={self.epochs}: one value >= 0, or one per stage {self.stages}")
         for name in ("frames", "heads", "hidden", "embed_dim", "height", "width", "ids_per_batch", "tracklets_per_id",

@@ -5,12 +5,9 @@
     torchrun --nproc_per_node 8 -m stafast.train --dataset mars --root DIR ...   # DistributedDataParallel
 
 The paper's recipe (Sec. 4.2) is the default for the real datasets: N=6, K=6, d=256, 256x128
-input, OIM, SGD with lr 0.1 then 0.01, run in stages (--stages):
-  1  the CNN fine-tuned alone (Table 1's Baseline: average pooled frames, OIM)
-  2  CNN frozen, spatial attention + diversity with average temporal pooling
-  3  CNN frozen, everything else trained jointly (temporal attention, enhancement)
-  4  the whole network fine-tuned ("Ind" in Table 1)
-Each stage starts from the weights of the previous one.  Every Table 1 / Table 2 ablation is a
+input, OIM, SGD with lr 0.1 then 0.01, run in stages (--stages 1,2,3; what each stage trains,
+freezes and forces is the table stafast.config.STAGES, listed under --stages below), each
+starting from the weights of the previous one.  Every Table 1 / Table 2 ablation is a
 flag (--ablation, --heads, --diversity-kind, --temporal-pooling, ...).  --dataset synthetic (no --root)
 generates a small MARS-layout set into a cache folder and trains ResNet-18 on 128x64 clips
 (stage 4 only, from random weights, softmax loss) in a few minutes on 2 CPU cores.
@@ -23,6 +20,9 @@ without reading the ones before it.  A step never waits for the device: the loss
 on the device and read every --log-every steps, at each epoch's end and before each checkpoint;
 a non-finite loss found there stops training with a message naming the steps, leaving the last
 good checkpoint.
+
+From Python, train(cfg, hooks=[...]) runs the same loop with Hook objects called at each step's
+end, evaluation, epoch's end and checkpoint; a hook can stop training cleanly (Run.request_stop).
 """
 from __future__ import annotations
 
@@ -46,13 +46,15 @@ from tqdm import tqdm
 
 from . import cli, ops
 from .checkpoint import FORMAT, load_checkpoint, rng_state, save_atomic, set_rng_state
-from .config import SYNTHETIC, TrainConfig
+from .config import STAGES, SYNTHETIC, StageSpec, TrainConfig
 from .data import ClipPlan, ShardedPlan, build_loader, load_dataset
 from .evaluate import evaluate_dataset
 from .extras import MissingExtra, require
 from .losses import Criterion, OIMLoss, build_criterion
-from .models import ABLATIONS, STA, build_model
+from .models import STA, build_model
 from .models.backbone import warn_random_init
+from .optim import build_optimizer, build_schedule
+
 
 class NonFiniteLoss(RuntimeError):
     pass
@@ -89,10 +91,71 @@ class Run:
     global_step: int = 0
     previous_state: dict | None = None  # the last stage's weights, for the next stage
     progress: bool = False
+    hooks: tuple = ()
+    stop_reason: str | None = None    # set by request_stop
 
     @property
     def main_proc(self) -> bool:
         return self.rank == 0
+
+    def request_stop(self, reason: str) -> None:
+        """Stop training cleanly: asked at a step's end (by a hook's on_step_end, or a signal handler
+        during the step), training stops after that step with a checkpoint at exactly that position
+        (resuming continues from there, bit-exact); asked during an evaluation, an epoch's end or a
+        checkpoint, it stops after that epoch's checkpoint.  train() then returns stopped=True and
+        `reason` as stop_reason.  The first request counts.  Under DDP every process must ask at the
+        same step (as with a signal that each receives), or the others wait for it forever."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def emit(self, event: str, *args) -> None:
+        """Call each hook's `event` method (one of Hook's) with (self, *args), in order."""
+        for hook in self.hooks:
+            getattr(hook, event)(self, *args)
+
+
+class Hook:
+    """Extends the training loop without editing it: subclass, override the methods you need and
+    pass instances as train(cfg, hooks=[...]); they are called in that order, with `run` (the Run:
+    cfg, rank, global_step, history, writer...; run.request_stop(reason) stops training cleanly)
+    and `stage` (the Stage being trained: model, criterion, optimizer, scheduler, meter...).
+    on_step_end runs after every step on every process: reading a device value there (.item(),
+    printing a loss) would make each step wait for the device; the losses are read for you into
+    each epoch's record (on_epoch_end)."""
+
+    def on_train_start(self, run: Run) -> None:
+        """Before the first stage is built (after the checkpoint to resume, if any, is read)."""
+
+    def on_step_end(self, run: Run, stage: "Stage", epoch: int, position: int) -> None:
+        """After a step: `position` batches of epoch `epoch` (0-based) are done; run.global_step counts all."""
+
+    def on_evaluation(self, run: Run, stage: "Stage", epoch: int, result: dict) -> None:
+        """After an evaluation (main process): `result` holds rank1, rank5, mAP, ..."""
+
+    def on_epoch_end(self, run: Run, stage: "Stage", epoch: int, record: dict) -> None:
+        """At an epoch's end, before metrics.json and the checkpoint are written: `record` is the epoch's
+        entry (mean train_<term> losses, lr, the evaluation if there was one); keys added to it are written."""
+
+    def on_checkpoint(self, run: Run, stage: "Stage", path: str) -> None:
+        """After a checkpoint was written to `path` (main process)."""
+
+    def on_train_end(self, run: Run) -> None:
+        """When training ends: finished, stopped (run.stop_reason), or by an exception."""
+
+
+HOOK_EVENTS = tuple(name for name in vars(Hook) if name.startswith("on_"))
+
+
+def check_hooks(hooks) -> tuple:
+    """`hooks` as a tuple, each a Hook whose on_* methods are all Hook's (a misspelt one would never run)."""
+    for hook in hooks:
+        if not isinstance(hook, Hook):
+            raise TypeError(f"train: hooks must be stafast.train.Hook instances, got {type(hook).__name__}")
+        unknown = sorted(n for n in dir(hook) if n.startswith("on_") and n not in HOOK_EVENTS)
+        if unknown:
+            raise ValueError(f"train: {type(hook).__name__} has methods {unknown} that are no hook events; the "
+                             f"events are {HOOK_EVENTS}")
+    return tuple(hooks)
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -109,7 +172,7 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def start_run(cfg: TrainConfig) -> Run:
+def start_run(cfg: TrainConfig, hooks: tuple = ()) -> Run:
     rank, world, device = setup_distributed()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -131,7 +194,7 @@ def start_run(cfg: TrainConfig) -> Run:
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if device.type == "cuda" else None
     run = Run(cfg, rank, world, device, dataset, amp_dtype, ckpt_path, resume=resume,
               history=list(resume["metrics"]) if resume else [], global_step=resume["global_step"] if resume else 0,
-              progress=(cfg.progress if cfg.progress is not None else sys.stderr.isatty()) and rank == 0)
+              progress=(cfg.progress if cfg.progress is not None else sys.stderr.isatty()) and rank == 0, hooks=hooks)
     if run.main_proc:
         print(dataset.summary(), file=sys.stderr)
         if not cfg.backbone_weights and cfg.dataset != "synthetic":
@@ -152,22 +215,33 @@ def open_writer(folder: str, purge_step: int | None):
     return SummaryWriter(folder, purge_step=purge_step)
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run the stages of `cfg` (resuming from cfg.resume); returns {"metrics", "stopped", "oim_table"}."""
-    run = start_run(cfg)
-    first = run.resume["stage_index"] if run.resume else 0
-    stage = None
-    with ops.backend(cfg.backend):
-        for si in range(first, len(cfg.stages)):
-            stage = setup_stage(run, si)
-            for epoch in range(stage.start_epoch, stage.epochs):
-                if not run_epoch(run, stage, epoch):
-                    return finish(run, stage, stopped=True)
-            run.previous_state = {k: v.detach().cpu() for k, v in stage.model.state_dict().items()}
+def train(cfg: TrainConfig, hooks=()) -> dict:
+    """Run the stages of `cfg` (resuming from cfg.resume), calling `hooks` (Hook instances) along the
+    way; returns {"metrics", "stopped", "stop_reason", "oim_table"}."""
+    run = start_run(cfg, check_hooks(hooks))
+    try:
+        run.emit("on_train_start")
+        stage = run_stages(run)
+    finally:
+        run.emit("on_train_end")
     return finish(run, stage)
 
 
-def finish(run: Run, stage: "Stage | None", stopped: bool = False) -> dict:
+def run_stages(run: Run) -> "Stage | None":
+    """Every stage from the one to resume (or the first), until the last ends or training stops;
+    returns the last stage set up."""
+    stage = None
+    with ops.backend(run.cfg.backend):
+        for si in range(run.resume["stage_index"] if run.resume else 0, len(run.cfg.stages)):
+            stage = setup_stage(run, si)
+            for epoch in range(stage.start_epoch, stage.epochs):
+                if not run_epoch(run, stage, epoch):
+                    return stage
+            run.previous_state = {k: v.detach().cpu() for k, v in stage.model.state_dict().items()}
+    return stage
+
+
+def finish(run: Run, stage: "Stage | None") -> dict:
     if run.writer:
         run.writer.close()
     if run.world > 1:
@@ -175,7 +249,8 @@ def finish(run: Run, stage: "Stage | None", stopped: bool = False) -> dict:
         dist.destroy_process_group()
     oim = [m for m in stage.criterion.modules() if isinstance(m, OIMLoss)] if stage else []
     table = oim[0].lut.detach().cpu().clone() if oim else None
-    return {"metrics": run.history, "stopped": stopped, "oim_table": table}
+    return {"metrics": run.history, "stopped": run.stop_reason is not None, "stop_reason": run.stop_reason,
+            "oim_table": table}
 
 
 # ------------------------------------------------------------------------------------ one stage
@@ -183,12 +258,13 @@ def finish(run: Run, stage: "Stage | None", stopped: bool = False) -> dict:
 class Stage:
     """One stage of the schedule: the model it trains and everything that steps with it."""
     index: int                 # position in cfg.stages
-    number: int                # 1..4 (see the module doc)
+    number: int                # a key of stafast.config.STAGES
     epochs: int
+    spec: StageSpec            # STAGES[number]: what it trains, freezes and forces
     model: STA
     net: torch.nn.Module       # what the step calls: the model, DDP-wrapped and/or compiled
     model_config: dict
-    criterion: torch.nn.Module
+    criterion: Criterion
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     meter: "LossMeter"
@@ -196,18 +272,25 @@ class Stage:
     start_epoch: int = 0
     start_step: int = 0        # batches of start_epoch already done (resume)
 
+    def train_mode(self) -> None:
+        """Training mode, the frozen parts in eval mode (their BatchNorm statistics stay as they are)."""
+        self.model.train()
+        for module in frozen_parts(self.model, self.spec):
+            module.eval()
+
+
+def frozen_parts(model: STA, spec: StageSpec) -> list[torch.nn.Module]:
+    """The parts of `model` that a stage does not train (spec.frozen; those the model has)."""
+    return [m for m in (getattr(model, name) for name in spec.frozen) if m is not None]
+
 
 def model_config(cfg: TrainConfig, stage: int) -> dict:
-    """STA constructor arguments for `stage` (1: Table 1's baseline, 2: average temporal pooling)."""
+    """STA constructor arguments for `stage`: the configuration's, with the settings STAGES[stage] forces."""
     mc = dict(arch=cfg.arch, last_stride=cfg.last_stride, num_frames=cfg.frames, num_heads=cfg.heads,
               hidden=cfg.hidden, spatial_pooling=cfg.spatial_pooling, diversity_kind=cfg.diversity_kind,
               enhance=cfg.enhance, enhance_scale=cfg.enhance_scale, temporal_pooling=cfg.temporal_pooling,
               embed_dim=cfg.embed_dim)
-    if stage == 1:
-        mc.update(ABLATIONS["baseline"])
-    elif stage == 2:
-        mc.update(temporal_pooling="avg")
-    return mc
+    return {**mc, **STAGES[stage].forces}
 
 
 def transfer(model, previous_state: dict) -> int:
@@ -220,28 +303,30 @@ def transfer(model, previous_state: dict) -> int:
 
 def build_trainable(cfg: TrainConfig, stage: int, num_classes: int, device: torch.device, world: int = 1,
                     backbone_weights: str | None = None, previous_state: dict | None = None, epochs: int = 1,
-                    compile_backend: str = "inductor"):
-    """(model, net, model config, criterion, optimizer, scheduler) of `stage`: stages 2-3 freeze the CNN;
-    on a GPU the model is channels_last; `net` is the model wrapped for DDP and/or torch.compile
-    (with `compile_backend`, which only the benchmark's CPU dry-run changes)."""
+                    compile_backend: str = "inductor", index: int = 0) -> Stage:
+    """Stage number `stage` (at position `index` of cfg.stages, `epochs` long), as STAGES[stage]
+    says: its model (from `previous_state`'s weights that fit), the frozen parts without gradients,
+    the criterion, optimizer and schedule by name (stafast.losses, stafast.optim).  On a GPU the
+    model is channels_last; `net` is the model wrapped for DDP and/or torch.compile (with
+    `compile_backend`, which only the benchmark's CPU dry-run changes)."""
+    spec = STAGES[stage]
     mc = model_config(cfg, stage)
     model = build_model(backbone_weights=backbone_weights, **mc)
     if previous_state is not None:
         transfer(model, previous_state)
-    for p in model.backbone.parameters():
-        p.requires_grad_(stage not in (2, 3))
+    for module in frozen_parts(model, spec):  # before DDP, which syncs the gradients of what requires them
+        module.requires_grad_(False)
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     criterion = build_criterion(cfg, num_classes).to(device)
-    params = [p for p in list(model.parameters()) + list(criterion.parameters()) if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    step_epoch = max(1, round(epochs * cfg.lr_step))
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [step_epoch], gamma=0.1)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if cfg.compile:
         net = torch.compile(net, backend=compile_backend)
-    return model, net, mc, criterion, optimizer, scheduler
+    params = [p for p in list(model.parameters()) + list(criterion.parameters()) if p.requires_grad]
+    optimizer = build_optimizer(cfg, params)
+    return Stage(index, stage, epochs, spec, model, net, mc, criterion, optimizer,
+                 build_schedule(cfg, optimizer, epochs), LossMeter(loss_names(criterion), device))
 
 
 def setup_stage(run: Run, si: int) -> Stage:
@@ -250,18 +335,14 @@ def setup_stage(run: Run, si: int) -> Stage:
     cfg, resume = run.cfg, run.resume
     number, epochs = cfg.stages[si], cfg.epochs[si]
     weights = cfg.backbone_weights if si == 0 and resume is None else None
-    model, net, mc, criterion, optimizer, scheduler = build_trainable(
-        cfg, number, run.dataset.num_train_pids, run.device, run.world, weights, run.previous_state, epochs)
-    stage = Stage(si, number, epochs, model, net, mc, criterion, optimizer, scheduler,
-                  LossMeter(loss_names(criterion), run.device))
+    stage = build_trainable(cfg, number, run.dataset.num_train_pids, run.device, run.world, weights,
+                            run.previous_state, epochs, index=si)
     if resume is not None:
-        if resume["model_config"] != mc:
+        if resume["model_config"] != stage.model_config:
             raise ValueError(f"--resume: the checkpoint's stage {resume['stage']} model {resume['model_config']} differs "
-                             f"from the one this configuration builds, {mc}")
-        model.load_state_dict(resume["model"])
-        criterion.load_state_dict(resume["criterion"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
+                             f"from the one this configuration builds, {stage.model_config}")
+        for part in ("model", "criterion", "optimizer", "scheduler"):
+            getattr(stage, part).load_state_dict(resume[part])
         stage.start_epoch, stage.start_step = resume["epoch"], resume["step"]
         stage.meter.restore(resume["epoch_losses"])
         set_rng_state(resume["rng"])  # last: building the stage above drew from the generators
@@ -359,19 +440,19 @@ def train_step(stage: Stage, clips: torch.Tensor, pids: torch.Tensor, diversity_
 
 
 def run_epoch(run: Run, stage: Stage, epoch: int) -> bool:
-    """Epoch `epoch` of `stage` from its start position; False when --max-steps stopped the run."""
+    """Epoch `epoch` of `stage` from its start position; False when training stops (--max-steps, or
+    a request_stop), with a checkpoint at the position reached."""
     cfg = run.cfg
     start = stage.start_step if epoch == stage.start_epoch else 0
     if start == 0:
         stage.meter.new_epoch()
     stage.loader.set_epoch(epoch, start)
-    stage.model.train()
-    if stage.number in (2, 3):
-        stage.model.backbone.eval()  # frozen CNN: BatchNorm statistics stay as they are
+    stage.train_mode()
     bar = tqdm(total=len(stage.loader), initial=start, desc=f"stage {stage.number} epoch {epoch + 1}/{stage.epochs}",
                disable=not run.progress, leave=False)
-    if cfg.max_steps and run.global_step >= cfg.max_steps and start < len(stage.loader):
-        save_checkpoint(run, stage, epoch, start)  # a resumed run that has already taken its steps
+    if steps_done(run) and start < len(stage.loader):
+        run.request_stop("--max-steps")  # a resumed run that has already taken its steps
+        save_checkpoint(run, stage, epoch, start)
         return False
     t0, clips_seen = time.perf_counter(), 0
     for position, batch in enumerate(stage.loader, start + 1):
@@ -385,7 +466,10 @@ def run_epoch(run: Run, stage: Stage, epoch: int) -> bool:
             log(run, stage, epoch, bar)
         if cfg.checkpoint_every and run.global_step % cfg.checkpoint_every == 0:
             save_checkpoint(run, stage, epoch, position)
-        if cfg.max_steps and run.global_step >= cfg.max_steps and position < len(stage.loader):
+        run.emit("on_step_end", stage, epoch, position)
+        if steps_done(run) and position < len(stage.loader):
+            run.request_stop("--max-steps")
+        if run.stop_reason is not None:
             save_checkpoint(run, stage, epoch, position)
             bar.close()
             return False
@@ -393,7 +477,14 @@ def run_epoch(run: Run, stage: Stage, epoch: int) -> bool:
     # an epoch whose last step is the run's last (--max-steps) still ends: its record in
     # metrics.json, its evaluation when due, and a checkpoint at the next epoch's start
     end_epoch(run, stage, epoch, clips_seen / (time.perf_counter() - t0) if clips_seen else None)
-    return not (cfg.max_steps and run.global_step >= cfg.max_steps)
+    if steps_done(run):
+        run.request_stop("--max-steps")
+    return run.stop_reason is None
+
+
+def steps_done(run: Run) -> bool:
+    """Whether --max-steps is reached."""
+    return bool(run.cfg.max_steps) and run.global_step >= run.cfg.max_steps
 
 
 def log(run: Run, stage: Stage, epoch: int, bar=None) -> None:
@@ -448,6 +539,7 @@ def end_epoch(run: Run, stage: Stage, epoch: int, rate: float | None) -> None:
                                       amp_dtype=run.amp_dtype, progress=run.progress, batch_size=cfg.batch_size,
                                       rerank=cfg.rerank)
             record.update(result)
+            run.emit("on_evaluation", stage, epoch, result)
             if run.writer:
                 for k in ("rank1", "rank5", "mAP"):
                     run.writer.add_scalar(f"eval/{k}", result[k], run.global_step)
@@ -456,6 +548,7 @@ def end_epoch(run: Run, stage: Stage, epoch: int, rate: float | None) -> None:
             if cfg.rerank:
                 print(f"  re-ranked: rank-1 {result['rerank_rank1']:.3f} mAP {result['rerank_mAP']:.3f}",
                       file=sys.stderr)
+    run.emit("on_epoch_end", stage, epoch, record)
     if run.main_proc:
         run.history.append(record)
         write_metrics(cfg.output, run.history)
@@ -474,6 +567,7 @@ def save_checkpoint(run: Run, stage: Stage, epoch: int, step: int) -> None:
                  "scheduler": stage.scheduler.state_dict(), "stage_index": stage.index, "stage": stage.number,
                  "epoch": epoch, "step": step, "global_step": run.global_step, "epoch_losses": stage.meter.state(),
                  "rng": rng_state(), "metrics": run.history}, run.ckpt_path)
+    run.emit("on_checkpoint", stage, run.ckpt_path)
 
 
 def write_metrics(output: str, history: list) -> None:

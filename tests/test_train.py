@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -8,9 +9,10 @@ import time
 import pytest
 import torch
 
+from stafast import optim
 from stafast import train as T
 from stafast.checkpoint import load_checkpoint, load_model, save_atomic
-from stafast.config import TrainConfig
+from stafast.config import STAGES, StageSpec, TrainConfig
 from stafast.data import ClipPlan, ShardedPlan, Tracklet, synth
 
 TINY = ["--arch", "resnet18", "--heads", "2", "--hidden", "8", "--frames", "3", "--height", "32", "--width", "16",
@@ -110,6 +112,64 @@ def test_resume_from_max_steps_ends_with_the_weights_of_an_uninterrupted_run(tin
                                                           else [(3, 1), (4, 1)])
 
 
+class Recorder(T.Hook):
+    """Records the events; asks to stop at global step `stop_at`; adds a key to each epoch's record."""
+
+    def __init__(self, stop_at=None):
+        self.events, self.stop_at = [], stop_at
+
+    def on_train_start(self, run):
+        self.events.append(("start", run.global_step))
+
+    def on_step_end(self, run, stage, epoch, position):
+        self.events.append(("step", epoch, position))
+        if run.global_step == self.stop_at:
+            run.request_stop("test")
+
+    def on_evaluation(self, run, stage, epoch, result):
+        self.events.append(("evaluation", epoch, "rank1" in result))
+
+    def on_epoch_end(self, run, stage, epoch, record):
+        self.events.append(("epoch", epoch))
+        record["hook"] = epoch
+
+    def on_checkpoint(self, run, stage, path):
+        self.events.append(("checkpoint", torch.load(path, weights_only=False)["step"]))
+
+    def on_train_end(self, run):
+        self.events.append(("end", run.stop_reason))
+
+
+def test_a_hook_sees_every_event_and_stops_training_where_it_asks(tiny_root, tmp_path, tmp_path_factory):
+    """A hook's request_stop at a step's end (as a signal handler's hook will do): a checkpoint at that
+    very position, and the resumed run ends with the weights of the uninterrupted one."""
+    flags = [*SCHEDULES["one stage"], "--deterministic", "--no-eval", "--loss", "oim"]
+    hook = Recorder(stop_at=3)
+    stopped = T.train(T.parse_args(["--dataset", "synthetic", "--root", tiny_root, "--output", str(tmp_path), *TINY,
+                                    *flags]), hooks=[hook])
+    assert (stopped["stopped"], stopped["stop_reason"]) == (True, "test")
+    assert hook.events == [("start", 0), ("step", 0, 1), ("step", 0, 2), ("epoch", 0), ("checkpoint", 0),
+                           ("step", 1, 1), ("checkpoint", 1), ("end", "test")]
+    state = final_state(tmp_path)
+    assert (state["stage_index"], state["epoch"], state["step"], state["global_step"]) == (0, 1, 1, 3)
+    assert [r["hook"] for r in json.load(open(tmp_path / "metrics.json"))["history"]] == [0]
+    resumed = Recorder()
+    T.train(T.parse_args(["--dataset", "synthetic", "--root", tiny_root, "--output", str(tmp_path), *TINY, *flags,
+                          "--resume"]), hooks=[resumed])
+    assert resumed.events == [("start", 3), ("step", 1, 2), ("epoch", 1), ("checkpoint", 0), ("end", None)]
+    assert_same_weights(uninterrupted(tiny_root, tmp_path_factory, "one stage"), final_state(tmp_path))
+
+
+def test_hooks_are_checked():
+    class Misspelt(T.Hook):
+        def on_step_ends(self, run, stage, epoch, position):
+            pass
+    with pytest.raises(ValueError, match=r"Misspelt has methods \['on_step_ends'\] that are no hook events"):
+        T.check_hooks([Misspelt()])
+    with pytest.raises(TypeError, match="hooks must be stafast.train.Hook instances, got function"):
+        T.check_hooks([lambda run: None])
+
+
 def test_resume_does_not_read_the_batches_before_its_position(tiny_root, tmp_path, monkeypatch):
     run(tiny_root, tmp_path, "--epochs", "2", "--no-eval", "--max-steps", "3")
     read = []
@@ -203,14 +263,53 @@ def test_train_step_never_reads_the_device_nor_makes_host_tensors(loss):
     bool(tensor), a data-dependent shape) would raise, and a tensor made on the host shows up."""
     cfg = TrainConfig.create("synthetic", arch="resnet18", heads=2, hidden=8, frames=3, loss=loss)
     meta = torch.device("meta")
-    model, net, mc, criterion, optimizer, scheduler = T.build_trainable(cfg, 4, 5, meta)
-    stage = T.Stage(0, 4, 1, model, net, mc, criterion, optimizer, scheduler, T.LossMeter(T.loss_names(criterion), meta))
+    stage = T.build_trainable(cfg, 4, 5, meta)
     clips, pids = torch.randn(4, 3, 3, 32, 16, device=meta), torch.zeros(4, dtype=torch.long, device=meta)
     with CreatedOn() as mode:
         for _ in range(2):
             T.train_step(stage, clips, pids, 1.0)
     assert mode.host_ops == []
     assert stage.meter.window.device == meta and stage.meter.window_steps == 2
+
+
+@pytest.mark.parametrize("number", [1, 2, 3, 4])
+def test_each_stage_trains_freezes_and_forces_what_its_table_row_says(number, monkeypatch):
+    cfg = TrainConfig.create("synthetic", arch="resnet18", heads=2, hidden=8, frames=3)
+    spec = STAGES[number]
+    stage = T.build_trainable(cfg, number, 5, torch.device("cpu"))
+    assert stage.spec is spec and stage.number == number
+    for key, value in spec.forces.items():
+        assert stage.model_config[key] == value and getattr(stage.model, key, value) == value, key
+    frozen = {n for n, p in stage.model.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in stage.model.named_parameters() if n.split(".")[0] in spec.frozen}
+    assert {id(p) for g in stage.optimizer.param_groups for p in g["params"]}.isdisjoint(
+        id(p) for n, p in stage.model.named_parameters() if n in frozen)
+    stage.train_mode()
+    assert stage.model.training and all(not m.training for name in spec.frozen
+                                        for m in getattr(stage.model, name).modules())
+    # the table is read in this one place: another row changes what the stage builds
+    monkeypatch.setitem(STAGES, number, StageSpec("test", ("embed",), dict(temporal_pooling="max")))
+    other = T.build_trainable(cfg, number, 5, torch.device("cpu"))
+    assert other.model.temporal_pooling == "max" and not other.model.embed.weight.requires_grad
+    assert other.model.backbone.body[0].weight.requires_grad
+
+
+def test_optimizer_and_schedule_are_built_by_name(monkeypatch):
+    cfg = TrainConfig.create("mars", root="/data", lr=0.5, momentum=0.8, weight_decay=1e-3, lr_step=0.25)
+    assert (cfg.optimizer, cfg.schedule) == ("sgd", "step")  # the paper's
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    opt = optim.build_optimizer(cfg, params)
+    assert type(opt) is torch.optim.SGD and opt.defaults["lr"] == 0.5 and opt.defaults["momentum"] == 0.8
+    sched = optim.build_schedule(cfg, opt, epochs=8)
+    assert type(sched) is torch.optim.lr_scheduler.MultiStepLR and dict(sched.milestones) == {2: 1}
+    made = []
+    monkeypatch.setitem(optim.OPTIMIZERS, "other", lambda p, c: made.append("optimizer") or torch.optim.Adam(p, c.lr))
+    monkeypatch.setitem(optim.SCHEDULES, "other", lambda o, c, e: made.append(e) or
+                        torch.optim.lr_scheduler.ConstantLR(o))
+    other = dataclasses.replace(cfg, optimizer="sgd")
+    other.optimizer, other.schedule = "other", "other"  # (TrainConfig's choices were fixed at import)
+    assert type(optim.build_schedule(other, optim.build_optimizer(other, params), 3)).__name__ == "ConstantLR"
+    assert made == ["optimizer", 3]
 
 
 def test_losses_are_read_every_log_every_steps(tiny_root, tmp_path, monkeypatch):

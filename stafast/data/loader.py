@@ -15,7 +15,6 @@ from .datasets import is_video
 from .frames import read_clip, to_model_input
 from .plan import ClipPlan, check_start
 
-PIPELINES = ("auto", "dali", "torch")
 
 
 
@@ -118,23 +117,39 @@ def dali_available() -> bool:
         return False
 
 
+def _dali_loader(plan, batch_size, height, width, workers, on_error, device, start_epoch, start):
+    from .dali import DALIClipLoader
+    return DALIClipLoader(plan, batch_size, height, width, workers=workers, on_error=on_error, device=device,
+                          start_epoch=start_epoch, start=start)
+
+
+def _torch_loader(plan, batch_size, height, width, workers, on_error, device, start_epoch, start):
+    loader = TorchClipLoader(plan, batch_size, height, width, workers, on_error,
+                             pin_memory=torch.device(device).type == "cuda")
+    loader.set_epoch(start_epoch, start)
+    return loader
+
+
+LOADERS = {"dali": _dali_loader, "torch": _torch_loader}  # pipeline name -> builder of its loader
+PIPELINES = ("auto", *LOADERS)
+
+
+def auto_pipeline(plan: ClipPlan, device: str) -> str:
+    """"dali" when it is installed and takes `plan` (not "all" mode, whose variable clip counts per
+    tracklet the torch path handles; a video codec DALI decodes on this device), else "torch"."""
+    from .dali import dali_decodes
+    dali = dali_available() and plan.mode != "all" and dali_decodes(plan, torch.device(device).type == "cuda") is None
+    return "dali" if dali else "torch"
+
+
 def build_loader(plan: ClipPlan, batch_size: int, height: int = 256, width: int = 128, pipeline: str = "auto",
                  workers: int = 2, on_error: str = "raise", device: str = "cpu", start_epoch: int = 0,
                  start: int = 0):
-    """A clip loader for `plan`, set to batch `start` of epoch `start_epoch`: pipeline "dali",
-    "torch" or "auto" (DALI when installed, except for "all" mode, whose variable clip counts per
-    tracklet the torch path handles, and for video codecs DALI cannot decode on this device, see
-    dali.dali_decodes).  On a CUDA `device` DALI decodes on the GPU ("mixed") and the torch path
-    pins its batches for asynchronous copies."""
-    if pipeline not in PIPELINES:
-        raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
-    from .dali import DALIClipLoader, dali_decodes
-    gpu = torch.device(device).type == "cuda"
-    use_dali = pipeline == "dali" or (pipeline == "auto" and dali_available() and plan.mode != "all"
-                                      and dali_decodes(plan, gpu) is None)
-    if use_dali:
-        return DALIClipLoader(plan, batch_size, height, width, workers=workers, on_error=on_error, device=device,
-                              start_epoch=start_epoch, start=start)
-    loader = TorchClipLoader(plan, batch_size, height, width, workers, on_error, pin_memory=gpu)
-    loader.set_epoch(start_epoch, start)
-    return loader
+    """A clip loader for `plan`, set to batch `start` of epoch `start_epoch`, from the pipeline
+    LOADERS[pipeline], or with "auto" the one auto_pipeline picks.  On a CUDA `device` DALI decodes
+    on the GPU ("mixed") and the torch path pins its batches for asynchronous copies."""
+    if pipeline != "auto" and pipeline not in LOADERS:
+        raise ValueError(f"pipeline must be one of {('auto', *LOADERS)}, got {pipeline!r}")
+    if pipeline == "auto":
+        pipeline = auto_pipeline(plan, device)
+    return LOADERS[pipeline](plan, batch_size, height, width, workers, on_error, device, start_epoch, start)

@@ -53,12 +53,12 @@ class Criterion(nn.Module):
 
 
 def oim(cfg, num_classes: int) -> Criterion:
-    """The paper's: OIM on the L2-normalised embedding."""
+    """the paper's OIM, on the L2-normalised embedding"""
     return Criterion({"id": OIMLoss(cfg.embed_dim, num_classes, cfg.oim_scalar, cfg.oim_momentum)})
 
 
 def softmax(cfg, num_classes: int) -> Criterion:
-    """Cross-entropy of a classifier on the batch-normalised feature before the L2 norm."""
+    """cross-entropy of a classifier on the batch-normalised feature before the L2 norm"""
     return Criterion({"id": SoftmaxLoss(cfg.embed_dim, num_classes)})
 
 

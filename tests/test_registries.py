@@ -1,13 +1,17 @@
-"""The loss registry (stafast.losses.LOSSES): every entry builds its own Criterion, whose forward returns
-named, weighted terms read from the STAOutput fields its losses declare."""
+"""Registries build what they list: the losses (stafast.losses.LOSSES: every entry builds its own
+Criterion, whose forward returns named, weighted terms read from the STAOutput fields its losses
+declare) and the frame pipelines (stafast.data.loader.LOADERS)."""
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
+import sys
+
 from stafast import losses
 from stafast.config import TrainConfig
+from stafast.data import ClipPlan, Tracklet, build_loader, loader
 from stafast.losses import LOSSES, Criterion, OIMLoss, SoftmaxLoss, build_criterion
 
 
@@ -63,3 +67,14 @@ def test_every_exported_loss_is_wired_into_an_entry():
     exported = [getattr(losses, n) for n in losses.__all__]
     loss_classes = {c for c in exported if isinstance(c, type) and issubclass(c, nn.Module) and c is not Criterion}
     assert loss_classes and loss_classes <= built, loss_classes - built
+
+
+def test_each_pipeline_name_builds_its_own_loader(monkeypatch):
+    assert loader.PIPELINES == ("auto", *loader.LOADERS)
+    plan = ClipPlan([Tracklet(("f0.jpg", "f1.jpg"), 0, 0)], 2, "test")
+    monkeypatch.setitem(loader.LOADERS, "fake", lambda *args: ("fake", args[1:4]))
+    assert build_loader(plan, 1, 32, 16, pipeline="fake") == ("fake", (1, 32, 16))
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # no DALI: auto takes the torch path
+    assert type(build_loader(plan, 1, 32, 16, pipeline="auto", workers=0)).__name__ == "TorchClipLoader"
+    with pytest.raises(ValueError, match=r"pipeline must be one of \('auto', 'dali', 'torch', 'fake'\), got 'x'"):
+        build_loader(plan, 1, 32, 16, pipeline="x")
