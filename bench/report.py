@@ -19,6 +19,17 @@ def seconds(b: dict) -> float:
     return extra["median_ms"] / 1e3 if "median_ms" in extra else b["stats"]["median"]
 
 
+def header(run: dict) -> str:
+    """Device and versions as the first benchmark that records them has them (the op benchmarks of
+    harness.py do; the data and evaluation ones do not), the machine and the date."""
+    env = next((b["extra_info"] for b in run["benchmarks"] if "device" in b["extra_info"]), None)
+    machine = run["machine_info"]
+    where = (f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}" if env else
+             f"Device and versions: not recorded by these benchmarks; python {machine.get('python_version', '?')}")
+    return (f"{where}; machine: {machine.get('cpu', {}).get('brand_raw', machine.get('processor'))}; "
+            f"date {run.get('datetime', '?')[:19]}.")
+
+
 def main(path: str) -> str:
     run = json.load(open(path))
     benches = run["benchmarks"]
@@ -30,15 +41,12 @@ def main(path: str) -> str:
     for b in benches:
         if b["extra_info"].get("op") not in ("copy", "data", "evaluate"):
             groups[b["group"]][b["extra_info"]["impl"]] = b
-    first = benches[0]["extra_info"]
-    lines = [f"Device: {first.get('device')}; torch {first.get('torch')}, triton {first.get('triton')}; "
-             f"machine: {run['machine_info'].get('cpu', {}).get('brand_raw', run['machine_info'].get('processor'))}; "
-             f"date {run.get('datetime', '?')[:19]}.",
-             ""]
+    lines = [header(run)]
     if copy_bw:
-        lines += [f"Measured copy bandwidth: {copy_bw / 1e9:.1f} GB/s (read + write).", ""]
-    lines += ["| op, mode, shape, dtype | impl | median | vs eager | vs compile | fwd bandwidth |",
-              "| --- | --- | ---: | ---: | ---: | ---: |"]
+        lines += ["", f"Measured copy bandwidth: {copy_bw / 1e9:.1f} GB/s (read + write)."]
+    if groups:
+        lines += ["", "| op, mode, shape, dtype | impl | median | vs eager | vs compile | fwd bandwidth |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
     for name in sorted(groups):
         impls = groups[name]
         eager = seconds(impls["eager"]) if "eager" in impls else None

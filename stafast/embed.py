@@ -3,9 +3,11 @@
     python -m stafast.embed --checkpoint runs/mars/checkpoint.pt DIR_OR_VIDEO [...] --output emb.npy
     python -m stafast.embed --checkpoint C --output emb.pt --all-frames people/*/
 
-.npy: a (T, D) float32 array, with the inputs' names in OUTPUT.names.txt (one per line, same
+.npy: a (T, D) float32 array, with the tracklets' names in OUTPUT.names.txt (one per line, same
 order); .pt: {"embeddings": (T, D) tensor, "names": [...]}.  Frames of a folder are ordered by
-the integer frame number in their names.  A video file (.mp4 .avi .mkv .mov .webm) is one
+the integer frame number in their names; a folder holding several MARS tracklets (a MARS person
+folder: 0001C1T0001F001.jpg ... 0001C2T0003F012.jpg) gives one embedding per tracklet (person,
+camera and tracklet fields), named FOLDER/0001C1T0001.  A video file (.mp4 .avi .mkv .mov .webm) is one
 tracklet whose frame count is read from its container (needs PyAV: pip install av); its sampled
 frames are decoded by DALI's video decoder when DALI is installed (NVDEC on a GPU; VP8, VP9 and
 MJPEG on the CPU) and by PyAV otherwise (see --pipeline).  Test sampling by default (first frame
@@ -21,22 +23,41 @@ import torch
 
 from .checkpoint import load_model
 from .data import PIPELINES, DatasetError, Tracklet
-from .data.datasets import _sorted_frames
+from .data.datasets import MARS_NAME, _sorted_frames
 from .data.video import VIDEO_EXTS, video_tracklet
 from .evaluate import HelpFormatter, extract
 
 
-def tracklets_from(inputs: list[str]) -> list:
-    """A Tracklet (folder of frames) or VideoTracklet (video file) per input, pid -1, camera 0."""
-    tracklets = []
+def tracklets_from(inputs: list[str]) -> tuple[list, list[str]]:
+    """A Tracklet per folder of frames or VideoTracklet per video file (pid -1, camera 0), and its
+    name: the input, or for a folder that holds several MARS tracklets (frames named like
+    0001C1T0001F001.jpg: person, camera, tracklet, frame) one per tracklet, named FOLDER/0001C1T0001."""
+    tracklets, names = [], []
     for path in inputs:
         if os.path.isdir(path):
-            tracklets.append(Tracklet(_sorted_frames(path), -1, 0))
+            for name, frames in folder_tracklets(path):
+                tracklets.append(Tracklet(frames, -1, 0))
+                names.append(name)
         elif os.path.isfile(path) and path.lower().endswith(VIDEO_EXTS):
             tracklets.append(video_tracklet(path))
+            names.append(os.path.normpath(path))
         else:
             raise DatasetError(f"{path} is neither a folder of frames nor a video file ({', '.join(VIDEO_EXTS)})")
-    return tracklets
+    return tracklets, names
+
+
+def folder_tracklets(folder: str) -> list[tuple[str, tuple[str, ...]]]:
+    """The folder's frames as one tracklet, or as one per MARS tracklet (person, camera and
+    tracklet fields of the frame names) when all frames have MARS names and these name several."""
+    frames = _sorted_frames(folder)
+    fields = [MARS_NAME.match(os.path.basename(f)) for f in frames]
+    groups: dict[str, list[str]] = {}
+    for f, m in zip(frames, fields):
+        groups.setdefault(f"{m[1]}C{m[2]}T{m[3]}" if m else "", []).append(f)
+    folder = os.path.normpath(folder)
+    if len(groups) == 1 or "" in groups:
+        return [(folder, frames)]
+    return [(os.path.join(folder, key), tuple(group)) for key, group in sorted(groups.items())]
 
 
 def embed(model, tracklets: list, num_frames: int, height: int, width: int, **kwargs) -> torch.Tensor:
@@ -70,9 +91,12 @@ def main(argv=None) -> np.ndarray:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, state = load_model(a.checkpoint, device)
     cfg = state["config"]
-    feats = embed(model, tracklets_from(a.inputs), cfg.frames, cfg.height, cfg.width, batch_size=a.batch_size,
+    tracklets, names = tracklets_from(a.inputs)
+    if len(names) > len(a.inputs):
+        print(f"the frame names of the folders give {len(names)} MARS tracklets (person, camera, tracklet): "
+              f"one embedding each, named like {names[0]}")
+    feats = embed(model, tracklets, cfg.frames, cfg.height, cfg.width, batch_size=a.batch_size,
                   all_frames=a.all_frames, pipeline=a.pipeline, workers=a.workers, device=device)
-    names = [os.path.normpath(x) for x in a.inputs]
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
     if a.output.endswith(".npy"):
         np.save(a.output, feats.numpy().astype(np.float32))

@@ -16,11 +16,11 @@ import json
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .checkpoint import load_model
 from .data import DATASET_NAMES, PIPELINES, ClipPlan, build_loader, load_dataset
 from .metrics import PROTOCOLS, chance_rank1, evaluate, ranks, rerank
+from .progress import progress_bar
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -35,7 +35,7 @@ def extract(model, tracklets, num_frames: int, height: int, width: int, batch_si
     plan = ClipPlan(tracklets, num_frames, "all" if all_frames else "test")
     loader = build_loader(plan, batch_size, height, width, pipeline=pipeline, workers=workers, device=device)
     feats, pids, camids = [], [], []
-    for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
+    for batch in progress_bar(loader, desc="features", enabled=progress):
         clips = batch["clips"].to(device, non_blocking=True)
         with torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None):
             emb = model(clips).embedding.float()

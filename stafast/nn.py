@@ -153,7 +153,8 @@ class TemporalAttention(nn.Module):
     x_k     = sum_n t_{n,k} x_hat_{n,k}               (Eq. 13)
 
     Parameters: `weight` (K, D): w_{t,k}, `bias` (K,): b_{t,k}, both zero-initialised (uniform
-    weights at the start).  The weights are computed in float32 under autocast.
+    weights at the start).  The weights are computed in float32 for 16-bit inputs (autocast), in the
+    input's precision otherwise.
 
     forward(x_hat (B, N, K, D)) -> clip (B, K, D), weights t (B, N, K).
     """
@@ -172,7 +173,7 @@ class TemporalAttention(nn.Module):
             raise ValueError(f"TemporalAttention was built for K={self.num_heads} heads but got x with "
                              f"K={x.shape[2]}; shape {tuple(x.shape)}")
         e = torch.einsum("bnkd,kd->bnk", x, self.weight.to(x.dtype)) + self.bias.to(x.dtype)  # Eq. 11
-        t = torch.softmax(e.float(), dim=1)                                                    # Eq. 12
+        t = torch.softmax(e, dim=1, dtype=torch.promote_types(e.dtype, torch.float32))       # Eq. 12
         return torch.einsum("bnk,bnkd->bkd", t.to(x.dtype), x), t                             # Eq. 13
 
     def extra_repr(self) -> str:

@@ -217,3 +217,28 @@ def test_compile_fullgraph_of_a_model_built_from_the_blocks():
     torch.testing.assert_close(q, want_q, rtol=1e-4, atol=1e-5)
     for g, w in zip(grads, want):
         torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-5)
+
+
+def test_float64_stays_float64_in_every_block_and_in_sta():
+    """An fp64 model computes in fp64 end to end (outputs and gradients; the fp64 gradcheck of
+    TemporalAttention fails by far when its softmax runs in fp32), while 16-bit inputs still give
+    float32 temporal weights."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    temporal = randomise(TemporalAttention(3, 5)).double()
+    assert all(o.dtype == torch.float64 for o in temporal(x))
+    assert torch.autograd.gradcheck(lambda v: temporal(v), (x,))
+    assert TemporalAttention(3, 5).to(torch.bfloat16)(x.detach().bfloat16())[1].dtype == torch.float32
+    f = torch.randn(6, 7, 5, dtype=torch.float64)
+    assert all(o.dtype == torch.float64 for o in SpatialAttention(5, 3, 4).double()(f))
+    assert DiversityPenalty()(torch.softmax(f[:, :3], -1)).dtype == torch.float64
+    assert FrameEnhancement(4, 5).double()(x).dtype == torch.float64
+    clips = torch.randn(2, 3, 3, 64, 32, dtype=torch.float64)
+    for spatial in ("attention", "avg"):
+        model = randomise(STA(spatial_pooling=spatial, **TOY), 0.05).double()
+        out = model(clips)
+        tensors = {k: getattr(out, k) for k in ("embedding", "feature", "diversity_loss", "attention_maps",
+                                               "temporal_weights") if getattr(out, k) is not None}
+        assert {k: v.dtype for k, v in tensors.items()} == {k: torch.float64 for k in tensors}, spatial
+        (out.embedding.sum() + out.diversity_loss).backward()
+        assert {p.grad.dtype for p in model.parameters() if p.grad is not None} == {torch.float64}

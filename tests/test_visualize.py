@@ -59,18 +59,24 @@ def test_ranks_and_cmc(trained, tmp_path, capsys):
 
 @pytest.mark.parametrize("ext", [".npy", ".pt"])
 def test_embed_folders(trained, tmp_path, ext):
+    """MARS person folders, each holding a tracklet per camera: one embedding per tracklet."""
     root, ckpt = trained
-    folders = sorted({os.path.dirname(t.frames[0]) for t in MARS(root).gallery})[:3]
+    gallery = MARS(root).gallery
+    folders = sorted({os.path.dirname(t.frames[0]) for t in gallery})[:3]
+    want = {os.path.join(os.path.dirname(t.frames[0]), os.path.basename(t.frames[0])[:11]): t.frames
+            for t in gallery if os.path.dirname(t.frames[0]) in folders}
+    tracklets, names = embed.tracklets_from(folders)
+    assert len(names) > len(folders) and dict(zip(names, (t.frames for t in tracklets))) == want
     out = str(tmp_path / f"emb{ext}")
     embed.main(["--checkpoint", ckpt, "--output", out, "--workers", "0", *folders])
     if ext == ".npy":
         emb = np.load(out)
-        assert open(out + ".names.txt").read().split() == [os.path.normpath(f) for f in folders]
+        assert open(out + ".names.txt").read().split() == names
     else:
         saved = torch.load(out)
         emb = saved["embeddings"].numpy()
-        assert len(saved["names"]) == 3
-    assert emb.shape == (3, 128)
+        assert saved["names"] == names
+    assert emb.shape == (len(names), 128)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, rtol=1e-5)
 
 

@@ -19,15 +19,22 @@ antialias, half-pixel centres, as the torch path), flips whole clips and normali
 An unreadable frame stops with a DatasetError naming its path (on_error="raise"), or is replaced
 by the nearest readable frame of its tracklet and counted in `bad_frames` (on_error="skip"); for
 video files that covers the frames past the end of a truncated file (video.readable_indices).
+Damaged files that would crash DALI's decoders never reach them (dali_guard.py).  The worker
+processes ignore SIGINT (the main process decides what an interruption does) and end within a
+fraction of a second when the main process is gone, however it ended (crash or SIGKILL included).
 """
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 
 import numpy as np
 import torch
 
 from ..extras import require
+from .dali_guard import image_bytes, video_bytes
 from .datasets import DatasetError, is_video
 from .frames import MEAN, STD, read_image, read_nearest
 from .plan import ClipPlan, check_start
@@ -51,6 +58,13 @@ class _FrameSource:
 
     def __init__(self, plan: ClipPlan, start_epoch: int, start: int, padded: int, on_error: str):
         self.plan, self.start_epoch, self.start, self.padded, self.on_error = plan, start_epoch, start, padded, on_error
+        self.parent = os.getpid()
+
+    def __setstate__(self, state):
+        """Unpickled in each worker process as it starts."""
+        self.__dict__.update(state)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        threading.Thread(target=_exit_with, args=(self.parent,), daemon=True, name="stafast-parent-watch").start()
 
     def samples_per_clip(self) -> int:
         return self.plan.n
@@ -74,12 +88,18 @@ class _FrameSource:
 
     def _bytes(self, frames, i):
         if self.on_error == "raise":
-            try:
-                return np.fromfile(frames[i], dtype=np.uint8), 0
-            except OSError as e:
-                raise DatasetError(f"cannot read frame {frames[i]}: {e}") from None
-        _, j = read_nearest(frames, i)  # full decode: only readable frames reach DALI in skip mode
-        return np.fromfile(frames[j], dtype=np.uint8), int(j != i)
+            return image_bytes(frames[i]), 0
+        image, j = read_nearest(frames, i)  # full decode: only readable frames reach DALI in skip mode
+        return image_bytes(frames[j], image), int(j != i)
+
+
+def _exit_with(parent: int, every: float = 0.2) -> None:
+    """End this worker process once its parent is gone: DALI's workers wait on shared-memory
+    queues that nobody closes when the main process crashes or is killed (they would stay, holding
+    the caller's stdout)."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 class _ClipSource(_FrameSource):
@@ -90,11 +110,7 @@ class _ClipSource(_FrameSource):
 
     def _read(self, t, idx, slot):
         idx, bad = readable_indices(t, idx, self.on_error)
-        try:
-            data = np.fromfile(t.path, dtype=np.uint8)
-        except OSError as e:
-            raise DatasetError(f"cannot read video {t.path}: {e}") from None
-        return (data, idx.astype(np.int32)), bad
+        return (video_bytes(t.path), idx.astype(np.int32)), bad
 
 
 def cuda_device_id(device: str | torch.device) -> int | None:
@@ -149,7 +165,7 @@ class DALIClipLoader:
         self.batches = self._batches(epoch)
         if self.batches == 0:
             raise ValueError(f"{self.length} clips make no full batch of {self.batch_size}")
-        source = (_ClipSource if self.video else _FrameSource)(
+        self.source = source = (_ClipSource if self.video else _FrameSource)(
             self.plan, epoch, start * self.batch_size, self.batches * self.batch_size, self.on_error)
         decoder = "mixed" if self.gpu else "cpu"
 
@@ -190,15 +206,34 @@ class DALIClipLoader:
         return torch.from_numpy(np.array(t))
 
     def _explain_at(self, error: Exception, epoch: int, batch: int) -> None:
-        """DALI reports a bad image or video without its path: find it by reading the batch's frames."""
+        """DALI reports a bad image or video without its path (a worker's DatasetError arrives as a
+        plain Exception): read the batch as the workers and then the torch path do, which raises the
+        DatasetError naming the file, or say what DALI said."""
+        self.close()  # the pipeline is unusable after an error: its workers end now
+        where = []
         for position in range(batch * self.batch_size, min((batch + 1) * self.batch_size, self.length)):
             t, idx, _ = self.plan.sample(epoch, position)
-            if self.video:  # PyAV decodes the same frames; raises DatasetError with the path
-                decode(t.path, readable_indices(t, idx.ravel(), self.on_error)[0])
-                continue
-            for i in idx.ravel():
-                read_image(t.frames[int(i)])  # raises DatasetError with the path
-        raise error
+            idx = idx.ravel()
+            for slot in range(self.samples_per_clip):
+                self.source._read(t, idx, slot)
+            if self.video:  # PyAV decodes the sampled frames, then all between them (DALI's decoder does)
+                idx = readable_indices(t, idx, self.on_error)[0]
+                decode(t.path, idx)
+                decode(t.path, np.arange(idx.min(), idx.max() + 1))
+            elif self.on_error == "raise":
+                for i in idx:
+                    read_image(t.frames[int(i)])
+            where.append(t.path if self.video else os.path.dirname(t.frames[0]))
+        raise DatasetError(f"DALI failed on batch {batch} of epoch {epoch} ({len(where)} tracklets: {where[0]}, ...), "
+                           f"which the torch pipeline reads: {_reason(error)}") from error
+
+    def close(self) -> None:
+        """End the pipeline's worker processes now (they end with the pipeline object, or with this
+        process, too); the next pass builds a new pipeline."""
+        pipe, self.pipe, self._pipe_at = getattr(self, "pipe", None), None, None
+        pool = getattr(pipe, "_py_pool", None)  # DALI closes it when the pipeline is collected
+        if pool is not None:
+            pool.close()
 
     def __iter__(self):
         epoch, start = self.epoch, self.start
@@ -229,3 +264,10 @@ class DALIClipLoader:
             pass
         self.pipe.reset()
         self._pipe_at = (epoch + 1, 0)
+
+
+def _reason(error: Exception) -> str:
+    """The line of a DALI error that says what went wrong (DALI wraps it in its pipeline's context)."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line and not line.startswith(("C++ context", "Current pipeline"))]
+    return lines[-1] if lines else type(error).__name__

@@ -11,7 +11,7 @@ import multiprocessing
 
 import torch
 
-from .datasets import is_video
+from .datasets import DatasetError, is_video
 from .frames import read_clip, to_model_input
 from .plan import ClipPlan, check_start
 
@@ -91,9 +91,12 @@ class TorchClipLoader:
                                              num_workers=self.workers, collate_fn=_collate, drop_last=self.drop_last,
                                              persistent_workers=False, pin_memory=self.pin_memory, generator=generator,
                                              multiprocessing_context=worker_context(self.dataset.plan, self.workers))
-        for batch in loader:
-            self.bad_frames += batch["bad_frames"]
-            yield batch
+        try:
+            for batch in loader:
+                self.bad_frames += batch["bad_frames"]
+                yield batch
+        except DatasetError as e:  # from a worker, torch puts the worker's traceback into the message
+            raise DatasetError(str(e).rpartition("DatasetError: ")[2].strip()) from e
 
 
 def worker_context(plan, workers: int):

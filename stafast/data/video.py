@@ -19,6 +19,7 @@ paths return identical uint8 frames; PyAV's default conversion differs (nearest 
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 
@@ -195,6 +196,27 @@ def decode(path: str, indices) -> np.ndarray:
     if lost:
         raise DatasetError(f"cannot decode frame {lost[0]} of video {path}: the decoder returned no frame for it")
     return np.stack([frames[i] for i in indices])
+
+
+def remux(path: str) -> bytes:
+    """The packets of the first video stream of `path`, up to the first damaged one, in a new
+    container of the same format (stream copy: no decoding)."""
+    av = _av(path)
+    out = io.BytesIO()
+    try:
+        with av.open(path) as src:
+            stream = src.streams.video[0]
+            with av.open(out, "w", format=src.format.name.split(",")[0]) as dst:
+                copy = dst.add_stream_from_template(stream)
+                for packet in src.demux(stream):
+                    if packet.size and packet.is_corrupt:
+                        break
+                    if packet.size:
+                        packet.stream = copy
+                        dst.mux(packet)
+    except av.FFmpegError as e:
+        raise DatasetError(f"cannot remux video {path}: {type(e).__name__}: {e}") from None
+    return out.getvalue()
 
 
 def read_clip(t: VideoTracklet, idx: np.ndarray, on_error: str = "raise") -> tuple[np.ndarray, int]:

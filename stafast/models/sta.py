@@ -104,7 +104,8 @@ class STA(nn.Module):
         """Everything after the backbone: feature maps (B*N, D, h, w) of B clips x N frames -> output."""
         grid = tuple(fmap.shape[-2:])
         f = fmap.flatten(2).transpose(1, 2)                            # (B*N, L, D)
-        diversity_loss = f.new_zeros((), dtype=torch.float32)
+        out_dtype = torch.promote_types(f.dtype, torch.float32)  # float32 for 16-bit (autocast), else f's
+        diversity_loss = f.new_zeros((), dtype=out_dtype)
         if self.spatial_attention is not None:
             pooled, attn = self.spatial_attention(f)                    # Eqs. 1-3
             if self.diversity_penalty is not None:
@@ -122,7 +123,7 @@ class STA(nn.Module):
             clip = x.mean(dim=1)
         else:
             clip = x.amax(dim=1)
-        feature = self.embed(clip.flatten(1)).float()                   # Eq. 15, FC
+        feature = self.embed(clip.flatten(1)).to(out_dtype)             # Eq. 15, FC
         return STAOutput(F.normalize(feature, dim=1), feature, diversity_loss, attention_maps,  # L2 norm
                          temporal_weights, grid)
 
