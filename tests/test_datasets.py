@@ -358,3 +358,80 @@ def test_dukev_agrees_with_torchreid_except_where_it_drops_frames(trees, tmp_pat
             assert (pid, cam + 1) == (t.pid, t.camid)
             starts_at_2 = numbers(t.frames[:1], r"_F(\d+)_") == [2]
             assert paths == (t.frames[:-1] if starts_at_2 else t.frames)
+
+
+# ------------------------------------------------------------------------------ data.check
+@pytest.fixture()
+def as_published(monkeypatch, trees):
+    """PUBLISHED[name] replaced by the intact synthetic tree's own figures, so that it is "the published tree"."""
+    from stafast.data import check
+
+    def publish(name):
+        ds = load_dataset(name, trees[name])
+        test = check.unique(ds.query + ds.gallery)
+        figures = {s: check.counts(t) for s, t in (("train", ds.train), ("query", ds.query), ("gallery", ds.gallery),
+                                                     ("test", test))}
+        spec = check.PUBLISHED[name]
+        monkeypatch.setitem(check.PUBLISHED, name, check.Published(
+            "the intact synthetic tree", figures, spec.marker, check.summary(ds)["cameras"], spec.folders))
+    return publish
+
+
+def run_check(name, root):
+    import io
+    from stafast.data import check
+    out = io.StringIO()
+    code = check.check(name, str(root), out)
+    return code, out.getvalue()
+
+
+@pytest.mark.parametrize("name", list(synth.LAYOUTS))
+def test_check_passes_the_published_tree_and_flags_a_removed_list(as_published, copy, name):
+    as_published(name)
+    root = copy(name)
+    code, text = run_check(name, root)
+    assert code == 0 and "the published tree" in text, text
+    removed = {"dukev": "query", "lsvid": "list_sequence/list_seq_train.txt", "mevid": "test_name.txt",
+               "ccvid": "query.txt"}[name]
+    path = os.path.join(root, removed)
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    code, text = run_check(name, root)
+    assert code == 1 and "not loadable: missing" in text and os.path.basename(removed) in text, text
+
+
+@pytest.mark.parametrize("name", list(synth.LAYOUTS))
+def test_check_flags_a_missing_tracklet_folder(as_published, copy, name):
+    as_published(name)
+    root = copy(name)
+    folder = (lines(os.path.join(root, "gallery.txt"))[0][0] if name == "ccvid" else
+              "gallery/0006/" + sorted(os.listdir(os.path.join(root, "gallery", "0006")))[0] if name == "dukev" else
+              {"lsvid": "tracklet_test/0006", "mevid": "bbox_test/0006"}[name])
+    shutil.rmtree(os.path.join(root, folder))
+    code, text = run_check(name, root)
+    assert code == 1, text
+    if name == "dukev":  # the folder-based layout loads: its counts give it away
+        assert "not the published tree" in text and "- gallery tracklets: " in text
+    else:
+        assert "not loadable: missing" in text and folder in text
+
+
+def test_check_missing_frame_stray_file_and_root_hint(as_published, copy):
+    as_published("mevid")
+    root = copy("mevid")
+    t = MEVID(root).gallery[0]
+    os.remove(t.frames[1])  # not the first or last: the loader does not look there
+    shutil.copy(t.frames[0], os.path.join(os.path.dirname(t.frames[0]), "stray.jpg"))
+    code, text = run_check("mevid", root)
+    assert code == 1 and f"1 frame files named by the lists are missing, e.g. {t.frames[1]}" in text
+    assert "1 image files in the frame folders belong to no tracklet, e.g. " in text and "stray.jpg" in text
+    code, text = run_check("mevid", os.path.dirname(root))
+    assert code == 1 and f"try --root {root}" in text
+    code, text = run_check("mevid", os.path.join(root, "bbox_test"))
+    assert code == 1 and f"try --root {root}" in text
+
+
+def test_check_command_line(trees):
+    import subprocess
+    p = subprocess.run([sys.executable, "-m", "stafast.data.check", "--dataset", "ccvid", "--root", trees["ccvid"]],
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and f"- train tracklets: {len(CCVID(trees['ccvid']).train)}, published 948" in p.stdout
