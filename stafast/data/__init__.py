@@ -10,7 +10,7 @@
 - frames: reading a clip's frames (images or video), ImageNet normalisation
 - loader / dali: the torch DataLoader path and the DALI pipeline, `build_loader` picks
 """
-from .catalog import DATASET_NAMES, DATASETS, default_protocol, load_dataset
+from .catalog import DATASET_NAMES, DATASETS, default_protocol, load_dataset, protocol_attrs
 from .ccvid import CCVID
 from .datasets import ILIDSVID, MARS, PRID2011, DatasetError, Tracklet, VideoTracklet
 from .dukev import DukeV
@@ -24,4 +24,4 @@ from .sampling import MODES, RestrictedRandomSampler, chunk_bounds, sample_frame
 __all__ = ["CCVID", "DATASETS", "DATASET_NAMES", "ILIDSVID", "LSVID", "MARS", "MEVID", "MODES", "PIPELINES", "PRID2011",
            "ClipPlan", "DatasetError", "DukeV", "RestrictedRandomSampler", "ShardedPlan", "Tracklet", "VideoFiles",
            "VideoTracklet", "build_loader", "chunk_bounds", "dali_available", "default_protocol", "load_dataset",
-           "sample_frames"]
+           "protocol_attrs", "sample_frames"]

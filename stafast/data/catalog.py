@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..metrics import get_protocol
 from .ccvid import CCVID
-from .datasets import ILIDSVID, MARS, PRID2011, VideoDataset
+from .datasets import ILIDSVID, MARS, PRID2011, DatasetError, VideoDataset, attribute_arrays
 from .dukev import DukeV
 from .lsvid import LSVID
 from .manifest import VideoFiles
@@ -78,4 +79,15 @@ def load_dataset(name: str, root: str | None = None, split: int = 0, protocol: s
         raise ValueError(f"dataset {name} has no protocol {protocol!r}; its protocols are {e.protocols}")
     if e.root and not root:
         raise ValueError(f"--root is required for --dataset {name} (the folder holding {e.root})")
-    return e.make(root, split, protocol)
+    ds = e.make(root, split, protocol)
+    for attr in get_protocol(protocol).attrs:
+        if not all(attr in t.attrs for t in ds.query + ds.gallery):
+            raise DatasetError(f"protocol {protocol} compares the {attr} of query and gallery tracklets, which "
+                               f"{name} at {root} does not give them all{ds.ATTRIBUTE_HINTS.get(attr, '')}")
+    return ds
+
+
+def protocol_attrs(dataset: VideoDataset, protocol: str) -> dict:
+    """The q_attrs / g_attrs keywords of stafast.metrics.evaluate for `dataset`'s query and gallery."""
+    names = get_protocol(protocol).attrs
+    return {"q_attrs": attribute_arrays(dataset.query, names), "g_attrs": attribute_arrays(dataset.gallery, names)}

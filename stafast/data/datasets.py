@@ -170,6 +170,7 @@ class VideoDataset:
     name = "video"
     # the evaluation protocols (stafast.metrics) its query and gallery support
     PROTOCOLS: tuple[str, ...] = ("official", "toolbox")
+    ATTRIBUTE_HINTS: dict[str, str] = {}  # attribute -> where it comes from, for the error when it is missing
 
     def summary(self) -> str:
         def ids(ts):

@@ -69,6 +69,7 @@ class MEVID(VideoDataset):
     name = "mevid"
     PROTOCOLS = ("general", "same-clothes", "clothes-changing", "same-location", "changed-location",
                  "same-scale", "changed-scale")
+    ATTRIBUTE_HINTS = {"scale": f": copy {SCALE_FILE} of the MEVID code (github.com/Kitware/MEVID) into the root"}
 
     def __init__(self, root: str):
         self.root = root
