@@ -178,3 +178,13 @@ def test_protocols_read_the_attributes_the_datasets_give(tmp_path):
     with pytest.raises(DatasetError, match=r"protocol same-scale compares the scale .*copy test_track_scale.txt of "
                                            r"the MEVID code \(github.com/Kitware/MEVID\)"):
         load_dataset("mevid", root, protocol="same-scale")
+
+
+def test_the_training_configuration_defaults_to_the_dataset_protocol():
+    from stafast.config import TrainConfig
+    assert {d: TrainConfig.create(d).protocol for d in ("synthetic", "mars", "dukev", "ccvid", "mevid", "lsvid")} == {
+        "synthetic": "official", "mars": "gallery+query", "dukev": "toolbox", "ccvid": "general", "mevid": "general",
+        "lsvid": "toolbox"}
+    assert TrainConfig.create("ccvid", protocol="clothes-changing").protocol == "clothes-changing"
+    with pytest.raises(ValueError, match=r"protocol='gallery\+query' is not one of dataset ccvid's protocols"):
+        TrainConfig.create("ccvid", protocol="gallery+query")
