@@ -27,7 +27,7 @@ def _synthetic(root: str | None, split: int, protocol: str) -> MARS:
 class Entry:
     cls: type[VideoDataset]
     default_protocol: str  # what the dataset's leaderboard reports
-    root: str | None  # what --root holds; None: optional
+    layout: str | None  # what --root holds; None: --root is optional
     build: Callable[[str | None, int, str], VideoDataset] | None = None  # (root, split, protocol); None: cls(root)
 
     @property
@@ -77,8 +77,8 @@ def load_dataset(name: str, root: str | None = None, split: int = 0, protocol: s
     protocol = protocol or e.default_protocol
     if protocol not in e.protocols:
         raise ValueError(f"dataset {name} has no protocol {protocol!r}; its protocols are {e.protocols}")
-    if e.root and not root:
-        raise ValueError(f"--root is required for --dataset {name} (the folder holding {e.root})")
+    if e.layout and not root:
+        raise ValueError(f"--root is required for --dataset {name} (the folder holding {e.layout})")
     ds = e.make(root, split, protocol)
     for attr in get_protocol(protocol).attrs:
         if not all(attr in t.attrs for t in ds.query + ds.gallery):
