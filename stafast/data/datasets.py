@@ -1,12 +1,15 @@
 """The video re-ID benchmarks, read from their published layouts (see shared/data/README.md).
 
 Each dataset has `.train`, `.query` and `.gallery`: lists of `Tracklet` (frame paths in temporal
-order, person id, camera id).  Train person ids are relabelled 0..C-1 (`num_train_pids`);
-query/gallery keep the original ids, which is what evaluation compares.
+order, person id, camera id, and the attributes some protocols compare, e.g. clothes ids).  Train
+person ids are relabelled 0..C-1 (`num_train_pids`); query/gallery keep the original ids, which
+is what evaluation compares.  A dataset's PROTOCOLS are the stafast.metrics protocols it supports.
 
-- MARS(root, protocol="official"|"toolbox"): bbox_train/, bbox_test/, info/.
+- MARS(root, protocol="official"|"toolbox"|"gallery+query"): bbox_train/, bbox_test/, info/.
   official: gallery = all 12,180 test tracklets (the MARS authors' package);
-  toolbox: the 9,330 that are neither queries nor junk (pid -1), as common re-ID toolboxes do.
+  toolbox: the 9,330 that are neither queries nor junk (pid -1), as common re-ID toolboxes do;
+  gallery+query: the 1,980 queries followed by those 9,330, as AP3D, TKP and SINet evaluate.
+- DukeV, LSVID, MEVID, CCVID: in dukev.py, lsvid.py, mevid.py, ccvid.py.
 - ILIDSVID(root, split): i-LIDS-VID/sequences/cam1|cam2/personNNN/*.png and
   "train-test people splits/train_test_splits_ilidsvid.mat" (ls_set, 1-based, first half test).
 - PRID2011(root, split, split_file=None): prid_2011/multi_shot/cam_a|cam_b/person_NNNN/NNNN.png
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -138,7 +142,7 @@ def integer(value: str, path: str, line: int, field: str) -> int:
         number = float(value)
     except ValueError:
         number = float("nan")
-    if number != number or number != int(number):
+    if not math.isfinite(number) or number != int(number):
         raise DatasetError(f"{path} line {line}: {field} must be an integer, got {value!r}")
     return int(number)
 
