@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from . import ops
 from .cli import option, registry_help
-from .data import DATASET_NAMES, PIPELINES
+from .data import DATASET_NAMES, DATASETS, PIPELINES
 from .losses import LOSSES
 from .metrics import PROTOCOLS
 from .models import ABLATIONS, ARCHS, DIVERSITY_KINDS, SPATIAL_POOLINGS, TEMPORAL_POOLINGS, with_ablation
@@ -71,7 +71,8 @@ class TrainConfig:
     root: str | None = option(None, "dataset root in its published layout (synthetic: optional cache folder)", "data")
     split: int = split_option("data")
     output: str = option("runs/stafast", "output folder: checkpoint.pt, metrics.json, tb/", "data")
-    protocol: str = option("official", "MARS evaluation protocol", "data", PROTOCOLS)
+    protocol: str | None = option(None, "evaluation protocol (default: the dataset's leaderboard one, see the "
+                                        "README's datasets table)", "data", PROTOCOLS)
 
     arch: str = option("resnet50", "ResNet backbone", MODEL, tuple(ARCHS))
     backbone_weights: str | None = option(
@@ -136,6 +137,8 @@ class TrainConfig:
 
     def __post_init__(self):
         self.stages, self.epochs = tuple(self.stages), tuple(self.epochs)
+        if self.protocol is None and self.dataset in DATASETS:
+            self.protocol = DATASETS[self.dataset].default_protocol
         if len(self.epochs) == 1 and len(self.stages) > 1:
             self.epochs = self.epochs * len(self.stages)
         problems = []
@@ -145,6 +148,9 @@ class TrainConfig:
                 problems += _problem(choice, "TrainConfig", f.name, value, tuple(choices))
         if not problems:
             problems += _problem(with_ablation, self.ablation, {k: getattr(self, k) for k in ABLATION_FIELDS})
+        if not problems and self.dataset in DATASETS and self.protocol not in DATASETS[self.dataset].protocols:
+            problems.append(f"protocol={self.protocol!r} is not one of dataset {self.dataset}'s protocols "
+                            f"{DATASETS[self.dataset].protocols}")
         if not self.stages or any(s not in STAGES for s in self.stages):
             problems.append(f"stages={self.stages}: each must be one of {tuple(STAGES)}")
         if len(self.epochs) != len(self.stages) or any(e < 0 for e in self.epochs):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_model
-from .data import DATASET_NAMES, PIPELINES, ClipPlan, build_loader, load_dataset
+from .data import DATASET_NAMES, PIPELINES, ClipPlan, build_loader, default_protocol, load_dataset, protocol_attrs
 from .metrics import PROTOCOLS, chance_rank1, evaluate, ranks, rerank
 from .progress import progress_bar
 
@@ -53,21 +53,22 @@ def evaluate_dataset(model, dataset, num_frames: int, height: int, width: int, p
     qf, qp, qc = extract(model, dataset.query, num_frames, height, width, **kwargs)
     gf, gp, gc = extract(model, dataset.gallery, num_frames, height, width, **kwargs)
     dist = (2 - 2 * qf @ gf.t()).clamp_(min=0)
-    result = evaluate(dist, qp, gp, qc, gc, protocol)
+    attrs = protocol_attrs(dataset, protocol)  # clothes ids etc., for the protocols that compare them
+    result = evaluate(dist, qp, gp, qc, gc, protocol, **attrs)
     out = {**ranks(result), "mAP": result["mAP"], "num_valid_queries": result["num_valid_queries"],
            "protocol": protocol, "num_query": len(qp), "num_gallery": len(gp),
-           "chance_rank1": chance_rank1(qp, gp, qc, gc, protocol)}
+           "chance_rank1": chance_rank1(qp, gp, qc, gc, protocol, **attrs)}
     if rerank:
-        out.update(reranked_metrics(qf, gf, dist, qp, gp, qc, gc, protocol))
+        out.update(reranked_metrics(qf, gf, dist, qp, gp, qc, gc, protocol, **attrs))
     return out
 
 
-def reranked_metrics(qf, gf, dist, q_pids, g_pids, q_camids, g_camids, protocol: str) -> dict:
+def reranked_metrics(qf, gf, dist, q_pids, g_pids, q_camids, g_camids, protocol: str, **attrs) -> dict:
     """The evaluation again after k-reciprocal re-ranking (stafast.metrics.rerank, the authors'
     defaults) of dist, with the query-query and gallery-gallery distances measured the same way
     (2 - 2 cos); keys prefixed "rerank_" (rerank_rank1, ..., rerank_mAP)."""
     result = evaluate(rerank(dist, (2 - 2 * qf @ qf.t()).clamp_(min=0), (2 - 2 * gf @ gf.t()).clamp_(min=0)),
-                      q_pids, g_pids, q_camids, g_camids, protocol)
+                      q_pids, g_pids, q_camids, g_camids, protocol, **attrs)
     return {f"rerank_{k}": v for k, v in {**ranks(result), "mAP": result["mAP"]}.items()}
 
 
@@ -76,7 +77,8 @@ def main(argv=None) -> dict:
     p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
     p.add_argument("--root", help="dataset root (synthetic: the generated tree; default: the training cache)")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--protocol", default="official", choices=PROTOCOLS)
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS),
+                   help="evaluation protocol (default: the dataset's leaderboard one, stafast.data.default_protocol)")
     p.add_argument("--split", default="0", help="iLIDS-VID / PRID2011 split 0..9, or 'all' for the mean of 10")
     p.add_argument("--all-frames", action="store_true", help="average all clips of N frames instead of first frames")
     p.add_argument("--batch-size", type=int, default=16)
@@ -86,6 +88,7 @@ def main(argv=None) -> dict:
     p.add_argument("--rerank", action="store_true",
                    help="also report CMC/mAP after k-reciprocal re-ranking (keys rerank_*)")
     a = p.parse_args(argv)
+    a.protocol = a.protocol or default_protocol(a.dataset)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, state = load_model(a.checkpoint, device)
     cfg = state["config"]

@@ -13,6 +13,17 @@ official (the MARS authors' MATLAB package): for each query, junk = gallery item
     without a good match scores AP 0 and no CMC hit.
 toolbox (common re-ID toolboxes): gallery items with the query's pid and camera are removed;
     queries left without a match are skipped; AP is non-interpolated (mean precision at hits).
+gallery+query (MARS as AP3D, TKP, SINet evaluate it): the toolbox rule on a gallery that holds
+    the queries in front of the toolbox gallery (1,980 + 9,330 = 11,310 tracklets; the dataset
+    builds that gallery, stafast.data.MARS).  A query's other-camera queries are now matches, so
+    every MARS query counts.
+general, same-clothes, clothes-changing (CCVID, MEVID; Simple-CCReID's and MEVID's evaluate and
+    evaluate_with_clothes): general is the toolbox rule; same-clothes keeps as matches only the
+    query's person in its clothes (another camera) and removes the person in other clothes;
+    clothes-changing the reverse: matches wear other clothes, the person in the query's clothes
+    is removed.  Both also remove the query's person in the query's camera.
+same-location, changed-location, same-scale, changed-scale (MEVID's evaluate_with_locations and
+    evaluate_with_scales): the same split by indoor/outdoor location and by box scale.
 
 Ties in distance rank by gallery order (a stable sort).  Queries are processed in chunks, all
 vectorised, so a 1,980 x 12,180 matrix (MARS) or larger fits in memory.
@@ -62,6 +73,17 @@ def _toolbox_masks(q: dict, g: dict):
     return keep, same_id & keep
 
 
+def _split_by(attr: str, same: bool) -> Masks:
+    """The toolbox rule restricted to the matches whose `attr` equals the query's (same=True) or
+    differs from it: the query's person with the other kind of `attr` is removed from the ranking,
+    as evaluate_with_clothes (mode SC / CC) of Simple-CCReID and MEVID's _locations / _scales do."""
+    def masks(q: dict, g: dict):
+        same_id, same_attr = q["pids"] == g["pids"], q[attr] == g[attr]
+        keep = ~(same_id & ((q["camids"] == g["camids"]) | (same_attr != same)))
+        return keep, same_id & keep
+    return masks
+
+
 def _trapezoid(k: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """The official package's AP term of a hit: the k-th hit at rank r (among kept items) adds
     (precision just before it + precision at it) / 2, to be divided by the number of good matches."""
@@ -76,11 +98,26 @@ def _non_interpolated(k: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 AP_RULES = {"trapezoid": _trapezoid, "non-interpolated": _non_interpolated}
 
+_MEVID = "Kitware/MEVID (Davila et al., WACV 2023) CAL/tools/eval_metrics.py"
+_CC = f"Simple-CCReID (Gu et al., CVPR 2022) tools/eval_metrics.py and {_MEVID}"
+
 PROTOCOLS = {p.name: p for p in (
     Protocol("official", "MARS authors' evaluation package (Zheng et al., ECCV 2016), compute_AP.m",
              _official_masks, skip_unmatched=False, ap="trapezoid"),
     Protocol("toolbox", "common re-ID toolboxes (e.g. torchreid's eval_mars / eval_market1501)",
              _toolbox_masks, skip_unmatched=True, ap="non-interpolated"),
+    Protocol("gallery+query", "AP3D / TKP / SINet test(): MARS queries concatenated in front of the toolbox "
+             "gallery, then their evaluate (the toolbox rule)", _toolbox_masks, skip_unmatched=True,
+             ap="non-interpolated"),
+    Protocol("general", f"{_CC} evaluate", _toolbox_masks, skip_unmatched=True, ap="non-interpolated"),
+    *(Protocol(name, source, _split_by(attr, same), skip_unmatched=True, ap="non-interpolated", attrs=(attr,))
+      for name, attr, same, source in (
+          ("same-clothes", "clothes", True, f"{_CC} evaluate_with_clothes(mode='SC')"),
+          ("clothes-changing", "clothes", False, f"{_CC} evaluate_with_clothes(mode='CC')"),
+          ("same-location", "location", True, f"{_MEVID} evaluate_with_locations(mode='SL')"),
+          ("changed-location", "location", False, f"{_MEVID} evaluate_with_locations(mode='DL')"),
+          ("same-scale", "scale", True, f"{_MEVID} evaluate_with_scales(mode='SS')"),
+          ("changed-scale", "scale", False, f"{_MEVID} evaluate_with_scales(mode='DS')"))),
 )}
 
 

@@ -29,7 +29,8 @@ from . import cli  # noqa: E402
 from .checkpoint import load_model  # noqa: E402
 from .cli import option  # noqa: E402
 from .config import split_option  # noqa: E402
-from .data import DATASET_NAMES, ClipPlan, DatasetError, Tracklet, VideoTracklet, build_loader, load_dataset  # noqa: E402
+from .data import (DATASET_NAMES, ClipPlan, DatasetError, Tracklet, VideoTracklet, build_loader,  # noqa: E402
+                   default_protocol, load_dataset, protocol_attrs)
 from .data.datasets import _sorted_frames  # noqa: E402
 from .data.video import video_tracklet  # noqa: E402
 from .data.frames import denormalise  # noqa: E402
@@ -116,7 +117,7 @@ def ranks_figure(model, dataset, cfg, out: str, cmc_out: str, queries: int = 6, 
     qf, qp, qc = extract(model, dataset.query, n, h, w, device=device, pipeline="torch", workers=0, progress=False)
     gf, gp, gc = extract(model, dataset.gallery, n, h, w, device=device, pipeline="torch", workers=0, progress=False)
     dist = (2 - 2 * qf @ gf.t()).numpy()
-    result = evaluate(dist, qp, gp, qc, gc, protocol)
+    result = evaluate(dist, qp, gp, qc, gc, protocol, **protocol_attrs(dataset, protocol))
     chosen = np.random.default_rng(seed).choice(len(qp), size=min(queries, len(qp)), replace=False)
     fig, axes = plt.subplots(len(chosen), topk + 1, figsize=(1.0 * (topk + 1), 2.0 * len(chosen)), squeeze=False)
     for row, qi in enumerate(chosen):
@@ -156,7 +157,8 @@ class FigureConfig:
     dataset: str | None = option(None, "draw from this dataset's query and gallery", choices=DATASET_NAMES)
     root: str | None = option(None, "its root (default: the checkpoint's)")
     split: int = split_option()
-    protocol: str = option("official", "MARS evaluation protocol", choices=PROTOCOLS)
+    protocol: str | None = option(None, "evaluation protocol (default: the dataset's leaderboard one)",
+                                  choices=PROTOCOLS)
 
 
 @dataclass(kw_only=True)
@@ -201,8 +203,9 @@ def main(argv=None):
     else:
         if not a.dataset:
             cli.error(COMMANDS, "stafast.visualize", "ranks needs --dataset")
-        ds = load_dataset(a.dataset, a.root or cfg.root, a.split, a.protocol)
-        panels, result = ranks_figure(model, ds, cfg, a.out, a.cmc_out, a.queries, a.topk, a.protocol, device)
+        protocol = a.protocol or default_protocol(a.dataset)
+        ds = load_dataset(a.dataset, a.root or cfg.root, a.split, protocol)
+        panels, result = ranks_figure(model, ds, cfg, a.out, a.cmc_out, a.queries, a.topk, protocol, device)
         print(f"wrote {a.out} ({panels} panels) and {a.cmc_out}: rank-1 {result['cmc'][0]:.3f}, mAP {result['mAP']:.3f}")
 
 

@@ -13,7 +13,8 @@ from stafast import optim
 from stafast import train as T
 from stafast.checkpoint import load_checkpoint, load_model, save_atomic
 from stafast.config import STAGES, StageSpec, TrainConfig
-from stafast.data import ClipPlan, ShardedPlan, Tracklet, synth
+from stafast.data import DATASET_NAMES, ClipPlan, ShardedPlan, Tracklet, synth
+from stafast.metrics import PROTOCOLS
 
 TINY = ["--arch", "resnet18", "--heads", "2", "--hidden", "8", "--frames", "3", "--height", "32", "--width", "16",
         "--ids-per-batch", "2", "--tracklets-per-id", "2", "--pipeline", "torch", "--workers", "0", "--no-progress",
@@ -432,8 +433,8 @@ def test_help_shows_the_real_defaults_and_the_registries(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "ResNet backbone (default: resnet50; with --dataset synthetic: resnet18)" in text
     assert "(default: 1,2,3; with --dataset synthetic: 4)" in text and "(default: 50)" in text
-    assert "{mars,ilidsvid,prid2011,videos,synthetic}" in text and "{auto,dali,torch}" in text
-    assert "{auto,reference,triton,ext}" in text and "{official,toolbox}" in text and "{oim,softmax}" in text
+    assert "{" + ",".join(DATASET_NAMES) + "}" in text and "{auto,dali,torch}" in text
+    assert "{auto,reference,triton,ext}" in text and "{" + ",".join(PROTOCOLS) + "}" in text and "{oim,softmax}" in text
 
 
 def test_config_presets_and_checks():

@@ -1,12 +1,15 @@
 """The video re-ID benchmarks, read from their published layouts (see shared/data/README.md).
 
 Each dataset has `.train`, `.query` and `.gallery`: lists of `Tracklet` (frame paths in temporal
-order, person id, camera id).  Train person ids are relabelled 0..C-1 (`num_train_pids`);
-query/gallery keep the original ids, which is what evaluation compares.
+order, person id, camera id, and the attributes some protocols compare, e.g. clothes ids).  Train
+person ids are relabelled 0..C-1 (`num_train_pids`); query/gallery keep the original ids, which
+is what evaluation compares.  A dataset's PROTOCOLS are the stafast.metrics protocols it supports.
 
-- MARS(root, protocol="official"|"toolbox"): bbox_train/, bbox_test/, info/.
+- MARS(root, protocol="official"|"toolbox"|"gallery+query"): bbox_train/, bbox_test/, info/.
   official: gallery = all 12,180 test tracklets (the MARS authors' package);
-  toolbox: the 9,330 that are neither queries nor junk (pid -1), as common re-ID toolboxes do.
+  toolbox: the 9,330 that are neither queries nor junk (pid -1), as common re-ID toolboxes do;
+  gallery+query: the 1,980 queries followed by those 9,330, as AP3D, TKP and SINet evaluate.
+- DukeV, LSVID, MEVID, CCVID: in dukev.py, lsvid.py, mevid.py, ccvid.py.
 - ILIDSVID(root, split): i-LIDS-VID/sequences/cam1|cam2/personNNN/*.png and
   "train-test people splits/train_test_splits_ilidsvid.mat" (ls_set, 1-based, first half test).
 - PRID2011(root, split, split_file=None): prid_2011/multi_shot/cam_a|cam_b/person_NNNN/NNNN.png
@@ -20,14 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
-
-from ..metrics import PROTOCOLS
-
 
 class DatasetError(ValueError):
     """A dataset file is missing or not what the layout says it should be."""
@@ -38,6 +40,8 @@ class Tracklet:
     frames: tuple[str, ...]  # image paths, in temporal order
     pid: int
     camid: int
+    # per-tracklet labels some protocols compare (CCVID/MEVID "clothes", MEVID "location", "scale")
+    attrs: Mapping[str, int] = field(default_factory=dict, hash=False)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -56,6 +60,7 @@ class VideoTracklet:
     camid: int
     codec: str = ""
     readable: int | None = None  # None: all num_frames
+    attrs: Mapping[str, int] = field(default_factory=dict, hash=False)
 
     def __post_init__(self):
         if self.readable is None:
@@ -112,12 +117,64 @@ def relabel(tracklets: list[Tracklet]) -> tuple[list[Tracklet], int]:
     return [dataclasses.replace(t, pid=index[t.pid]) for t in tracklets], len(ids)
 
 
+def read_rows(path: str, what: str, fields: int, example: str) -> list[tuple[int, list[str]]]:
+    """The non-empty lines of a whitespace-separated list file as (line number, fields), each
+    line checked to hold exactly `fields` fields (`example` shows one in the error)."""
+    _need_file(path, what)
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != fields:
+                raise DatasetError(f"{path} line {n}: {len(parts)} fields in {line.strip()!r}, expected {fields} "
+                                   f"like {example!r}")
+            rows.append((n, parts))
+    if not rows:
+        raise DatasetError(f"{path} is empty: expected the {what}, lines like {example!r}")
+    return rows
+
+
+def integer(value: str, path: str, line: int, field: str) -> int:
+    """`value` as an int (an integral float such as '12.0' too), or DatasetError naming the field."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not math.isfinite(number) or number != int(number):
+        raise DatasetError(f"{path} line {line}: {field} must be an integer, got {value!r}")
+    return int(number)
+
+
+def clothes_labels(keys: list[tuple[int, object]]) -> list[int]:
+    """A clothes id for each (person, clothes label) pair: its rank among the distinct pairs, so
+    that two tracklets wear the same clothes exactly when person and label agree."""
+    index = {k: i for i, k in enumerate(sorted(set(keys)))}
+    return [index[k] for k in keys]
+
+
+def attribute_arrays(tracklets, names) -> dict[str, np.ndarray]:
+    """{name: (T,) int64 array} of the per-tracklet attributes `names` (Tracklet.attrs)."""
+    out = {}
+    for name in names:
+        missing = [i for i, t in enumerate(tracklets) if name not in t.attrs]
+        if missing:
+            raise ValueError(f"tracklet {missing[0]} (of {len(tracklets)}) has no attribute {name!r}; "
+                             f"it has {sorted(tracklets[missing[0]].attrs)}")
+        out[name] = np.array([t.attrs[name] for t in tracklets], dtype=np.int64)
+    return out
+
+
 class VideoDataset:
     train: list[Tracklet]
     query: list[Tracklet]
     gallery: list[Tracklet]
     num_train_pids: int
     name = "video"
+    # the evaluation protocols (stafast.metrics) its query and gallery support
+    PROTOCOLS: tuple[str, ...] = ("official", "toolbox")
+    ATTRIBUTE_HINTS: dict[str, str] = {}  # attribute -> where it comes from, for the error when it is missing
 
     def summary(self) -> str:
         def ids(ts):
@@ -132,7 +189,7 @@ MARS_NAME = re.compile(r"^(\d{4}|00-1)C(\d)T(\d{4})F(\d{3})\.jpg$")
 
 class MARS(VideoDataset):
     name = "mars"
-    PROTOCOLS = tuple(PROTOCOLS)
+    PROTOCOLS = ("official", "toolbox", "gallery+query")
 
     def __init__(self, root: str, protocol: str = "official", check_files: bool = True):
         if protocol not in self.PROTOCOLS:
@@ -152,12 +209,12 @@ class MARS(VideoDataset):
         test = self._tracklets(test_rows, test_names, "bbox_test", "tracks_test_info.mat", check_files)
         self.train, self.num_train_pids = relabel(train)
         self.query = [test[i] for i in query_idx]
-        if protocol == "official":
-            self.gallery = test
-        else:
-            is_query = np.zeros(len(test), dtype=bool)
-            is_query[query_idx] = True
-            self.gallery = [t for t, q in zip(test, is_query) if not q and t.pid != -1]
+        is_query = np.zeros(len(test), dtype=bool)
+        is_query[query_idx] = True
+        toolbox = [t for t, q in zip(test, is_query) if not q and t.pid != -1]
+        # the gallery each protocol ranks: all 12,180 test tracklets; the 9,330 neither queries nor
+        # junk; those with the 1,980 queries put back in front (as AP3D / SINet concatenate them)
+        self.gallery = {"official": test, "toolbox": toolbox, "gallery+query": self.query + toolbox}[protocol]
 
     @staticmethod
     def _names(path: str) -> list[str]:
@@ -267,5 +324,3 @@ class PRID2011(VideoDataset):
         self.query = camera_tracklets(cams, test_persons, (0,), self.name)
         self.gallery = camera_tracklets(cams, test_persons, (1,), self.name)
 
-
-DATASETS = {"mars": MARS, "ilidsvid": ILIDSVID, "prid2011": PRID2011}

@@ -5,6 +5,7 @@
     python -m stafast.data.synth --layout ilidsvid --out DIR
     python -m stafast.data.synth --layout prid2011 --out DIR --prid-splits ../shared/data/prid2011/splits_prid2011.json
     python -m stafast.data.synth --layout videos --out DIR [--codec vp9|mjpeg|h264]
+    python -m stafast.data.synth --layout dukev|lsvid|mevid|ccvid --out DIR [--ids 16 --test-ids 16]
 
 People are drawn from an identity seed: head (skin, hair, optional hat), torso (colour and a
 texture: solid, stripes or checks), legs, shoes, and an optional bag on one side.  Across the
@@ -24,6 +25,7 @@ in each of its cameras; the gallery holds the others and the distractors (pid 0)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -330,12 +332,177 @@ def make_prid2011(out: str, splits_file: str | None = None, cam_a: int = 385, ca
     return out
 
 
+# ------------------------------------------------- DukeMTMC-VideoReID, LS-VID, MEVID and CCVID
+# Each generator writes the layout its loader reads (stafast/data/dukev.py, lsvid.py, mevid.py,
+# ccvid.py); a person in another outfit keeps skin, hair and build and changes clothes.
+
+MEVID_CAMERAS = (301, 329, 330, 336, 340, 436, 505, 507, 508, 509, 639)  # the cameras of MEVID's test set
+
+
+def clothed_style(seed: int, pid: int, outfit: int = 0) -> Style:
+    """Person `pid` (seeded by `seed`) wearing outfit `outfit`; outfit 0 is person_style's own."""
+    person = person_style(seed * 100003 + pid)
+    if outfit == 0:
+        return person
+    c = person_style(seed * 100003 + 7919 * outfit + 104729 * pid)
+    return dataclasses.replace(person, hat=c.hat, torso=c.torso, torso2=c.torso2, texture=c.texture, legs=c.legs,
+                               shoes=c.shoes, bag=c.bag, bag_side=c.bag_side)
+
+
+def _cameras(rng, cameras, low: int = 2, high: int = 3) -> list[int]:
+    cameras = list(cameras)
+    return sorted(int(c) for c in rng.choice(cameras, size=min(len(cameras), int(rng.integers(low, high + 1))),
+                                             replace=False))
+
+
+def _write(paths: list[str], seed: int, pid: int, outfit: int, cam: int, key: int, size, occlusion: float):
+    os.makedirs(os.path.dirname(paths[0]), exist_ok=True)
+    write_sequence(paths, clothed_style(seed, pid, outfit), size[0], size[1], cam,
+                   np.random.default_rng([seed, key, pid, cam]), occlusion)
+
+
+def make_dukev(out: str, ids: int = 8, test_ids: int = 8, distractors: int = 3, cameras: int = 8,
+               frames: tuple[int, int] = (8, 16), size=(128, 64), seed: int = 0, occlusion: float = 0.3) -> str:
+    """train|query|gallery/PPPP/TTTT/PPPP_Cc_Ffff_Xnnnnn.jpg: every id in 2-3 of `cameras` cameras
+    with 1-2 tracklets each; a test id's first tracklet is its query; `distractors` ids in the
+    gallery only, one camera, frames marked D; every third tracklet starts at F0002."""
+    rng = np.random.default_rng(seed)
+    n = 0
+    persons = [(pid, "train") for pid in range(1, ids + 1)] + [(pid, "test") for pid in range(ids + 1, ids + test_ids + 1)]
+    persons += [(pid, "distractor") for pid in range(ids + test_ids + 1, ids + test_ids + distractors + 1)]
+    for pid, role in persons:
+        cams = _cameras(rng, range(1, cameras + 1), *((1, 1) if role == "distractor" else (2, 3)))
+        tracks = [cam for cam in cams for _ in range(int(rng.integers(1, 3)))]
+        for t, cam in enumerate(tracks, start=1):
+            n += 1
+            split = "train" if role == "train" else "query" if role == "test" and t == 1 else "gallery"
+            first, video = 2 if n % 3 == 0 else 1, int(rng.integers(1, 50000))
+            count = int(rng.integers(frames[0], frames[1] + 1))
+            mark = "D" if role == "distractor" else "X"
+            folder = os.path.join(out, split, f"{pid:04d}", f"{t:04d}")
+            _write([os.path.join(folder, f"{pid:04d}_C{cam}_F{first + i:04d}_{mark}{video + 12 * i:05d}.jpg")
+                    for i in range(count)], seed, pid, 0, cam, n, size, occlusion)
+    return out
+
+
+def save_mat73(path: str, **arrays) -> str:
+    """A MATLAB v7.3 MAT-file, as MATLAB writes one: HDF5 after a 512-byte text header, each
+    variable a dataset of doubles; MATLAB stores a column vector (n x 1) as HDF5 shape (1, n)."""
+    import h5py
+    with h5py.File(path, "w", userblock_size=512) as f:
+        for name, value in arrays.items():
+            f.create_dataset(name, data=np.asarray(value, dtype=np.float64).reshape(1, -1))
+            f[name].attrs["MATLAB_class"] = np.bytes_("double")
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: stafast synth HDF5 schema 1.00 ."
+    with open(path, "r+b") as f:
+        f.write(header.ljust(116) + bytes(8) + b"\x00\x02IM")
+    return path
+
+
+def make_lsvid(out: str, ids: int = 8, test_ids: int = 8, distractors: int = 2, cameras: int = 15,
+               frames: tuple[int, int] = (8, 16), size=(128, 64), seed: int = 0, occlusion: float = 0.3) -> str:
+    """list_sequence/list_seq_train|test.txt, test/data/info_test.mat (v7.3) and
+    tracklet_train|test/PPPP/PPPP_SSSS_CC_FFFF.jpg: ids in 2-3 cameras with 1-2 tracklets each;
+    a test id's first tracklet is its query; `distractors` test ids in one camera only."""
+    rng = np.random.default_rng(seed)
+    lines = {"train": [], "test": []}
+    query, n = [], 0
+    persons = [(pid, "train") for pid in range(1, ids + 1)] + [(pid, "test") for pid in range(ids + 1, ids + test_ids + 1)]
+    persons += [(pid, "distractor") for pid in range(ids + test_ids + 1, ids + test_ids + distractors + 1)]
+    for pid, role in persons:
+        split = "train" if role == "train" else "test"
+        for c, cam in enumerate(_cameras(rng, range(1, cameras + 1), *((1, 1) if role == "distractor" else (2, 3)))):
+            for k in range(int(rng.integers(1, 3))):
+                n += 1
+                prefix = f"tracklet_{split}/{pid:04d}/{pid:04d}_{n:04d}_{cam:02d}"
+                if role == "test" and c == k == 0:
+                    query.append(len(lines["test"]) + 1)  # 1-based, as MATLAB indexes
+                lines[split].append(f"{prefix} {pid}")
+                first = int(rng.integers(1, 500))
+                _write([os.path.join(out, f"{prefix}_{first + i:04d}.jpg") for i in
+                        range(int(rng.integers(frames[0], frames[1] + 1)))], seed, pid, 0, cam, n, size, occlusion)
+    os.makedirs(os.path.join(out, "list_sequence"), exist_ok=True)
+    for split, rows in lines.items():
+        with open(os.path.join(out, "list_sequence", f"list_seq_{split}.txt"), "w") as f:
+            f.write("\n".join(rows) + "\n")
+    os.makedirs(os.path.join(out, "test", "data"), exist_ok=True)
+    save_mat73(os.path.join(out, "test", "data", "info_test.mat"), query=query)
+    return out
+
+
+def make_mevid(out: str, ids: int = 8, test_ids: int = 8, outfits: int = 3, cameras=MEVID_CAMERAS,
+               frames: tuple[int, int] = (8, 16), size=(128, 64), seed: int = 0, occlusion: float = 0.3) -> str:
+    """bbox_train|test/PPPP/PPPPOoooCcccTtttFfffff.jpg, train|test_name.txt, track_train|test_info.txt
+    (start end pid outfit camera, 0-based, written as numpy.savetxt floats), query_IDX.txt and
+    test_track_scale.txt: each person in 1-`outfits` outfits, each outfit in 1-2 cameras; a test
+    person's first tracklets in its first and last outfits are queries."""
+    rng = np.random.default_rng(seed)
+    for split, pids in (("train", range(1, ids + 1)), ("test", range(ids + 1, ids + test_ids + 1))):
+        names, rows, query, scales = [], [], [], []
+        for pid in pids:
+            seen, worn = [], int(rng.integers(1, outfits + 1))
+            for outfit in range(1, worn + 1):
+                cams = _cameras(rng, [c for c in cameras if c not in seen[-1:]], 1, 2)
+                seen += cams
+                for cam in cams:
+                    for t in range(int(rng.integers(1, 3))):
+                        if split == "test" and outfit in (1, worn) and cam == cams[0] and t == 0:
+                            query.append(len(rows))
+                        chips = [f"{pid:04d}O{outfit:03d}C{cam:03d}T{t:03d}F{f:05d}.jpg"
+                                 for f in range(int(rng.integers(frames[0], frames[1] + 1)))]
+                        rows.append((len(names), len(names) + len(chips) - 1, pid, outfit, cam))
+                        scales.append(f"{chips[-1]} {'lm'[int(rng.integers(2))]}")
+                        names += chips
+                        _write([os.path.join(out, f"bbox_{split}", f"{pid:04d}", c) for c in chips], seed, pid, outfit,
+                               cam, len(rows) + 10000 * (split == "test"), size, occlusion)
+        with open(os.path.join(out, f"{split}_name.txt"), "w") as f:
+            f.write("\n".join(names) + "\n")
+        np.savetxt(os.path.join(out, f"track_{split}_info.txt"), np.array(rows, dtype=np.float64))
+    np.savetxt(os.path.join(out, "query_IDX.txt"), np.array(query), fmt="%d")
+    with open(os.path.join(out, "test_track_scale.txt"), "w") as f:
+        f.write("\n".join(scales) + "\n")
+    return out
+
+
+def ccvid_clothes(outfit: int) -> str:
+    """A CCVID clothes label (upper, lower, shoes, coat, accessory) for outfit number `outfit`."""
+    return f"u{outfit}_l{outfit % 2}_s{outfit % 3}_c{outfit // 2}_a{outfit % 2}"
+
+
+def make_ccvid(out: str, ids: int = 8, test_ids: int = 8, walks: int = 4, frames: tuple[int, int] = (8, 16),
+               size=(128, 64), seed: int = 0, occlusion: float = 0.3) -> str:
+    """train|query|gallery.txt (`session/PPP_WW pid clothes`) and session1|2|3/PPP_WW/NNNNN.jpg:
+    each person walks `walks` times in session 1, in other clothes half the time in session 2,
+    and a third of the persons again in session 3 (other clothes); a test person's first walk of
+    each session is a query, the other walks are the gallery."""
+    rng = np.random.default_rng(seed)
+    lists = {"train": [], "query": [], "gallery": []}
+    for pid in range(1, ids + test_ids + 1):
+        sessions = [(1, 0), (2, int(rng.random() < 0.5))] + ([(3, 2)] if pid % 3 == 0 else [])
+        for session, outfit in sessions:
+            for walk in range(1, walks + 1):
+                folder = f"session{session}/{pid:03d}_{walk:02d}"
+                split = "train" if pid <= ids else "query" if walk == 1 else "gallery"
+                lists[split].append(f"{folder} {pid} {ccvid_clothes(outfit)}")
+                cam = walk + (12 if session == 3 else 0)  # the camera the loader derives (ccvid.py)
+                _write([os.path.join(out, folder, f"{i + 1:05d}.jpg") for i in
+                        range(int(rng.integers(frames[0], frames[1] + 1)))], seed, pid, outfit, cam,
+                       100 * session + walk, size, occlusion)
+    for split, rows in lists.items():
+        with open(os.path.join(out, f"{split}.txt"), "w") as f:
+            f.write("\n".join(rows) + "\n")
+    return out
+
+
+LAYOUTS = {"dukev": make_dukev, "lsvid": make_lsvid, "mevid": make_mevid, "ccvid": make_ccvid}
+
+
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layout", required=True, choices=["mars", "ilidsvid", "prid2011", "videos"])
+    p.add_argument("--layout", required=True, choices=["mars", "ilidsvid", "prid2011", "videos", *LAYOUTS])
     p.add_argument("--out", required=True)
-    p.add_argument("--ids", type=int, default=16, help="mars, videos: training ids")
-    p.add_argument("--test-ids", type=int, default=16, help="mars, videos: test ids")
+    p.add_argument("--ids", type=int, default=16, help="mars, videos, dukev, lsvid, mevid, ccvid: training ids")
+    p.add_argument("--test-ids", type=int, default=16, help="mars, videos, dukev, lsvid, mevid, ccvid: test ids")
     p.add_argument("--cameras", type=int, default=3, help="mars, videos: cameras (at most 6)")
     p.add_argument("--tracklets", type=int, default=2, help="mars, videos: tracklets per id and camera")
     p.add_argument("--codec", default="vp9", choices=["vp9", "mjpeg", "h264"],
@@ -365,6 +532,8 @@ def main(argv=None) -> str:
     elif a.layout == "videos":
         out = make_videos(a.out, a.ids, a.test_ids, a.cameras, a.tracklets, frames, size, seed=a.seed,
                           occlusion=a.occlusion, codec=a.codec, gop=a.gop)
+    elif a.layout in LAYOUTS:
+        out = LAYOUTS[a.layout](a.out, a.ids, a.test_ids, frames=frames, size=size, seed=a.seed, occlusion=a.occlusion)
     elif a.layout == "ilidsvid":
         out = make_ilidsvid(a.out, a.persons, frames, size, seed=a.seed, occlusion=a.occlusion)
     else:
