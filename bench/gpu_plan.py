@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
-from gpu_stage import PY, ROOT, STAGE_SECONDS, steps
+from gpu_stage import PY, ROOT, SANITIZE_SELECT, STAGE_SECONDS, steps
 
 # Per-unit costs on the GPU machine (16 cores, one H200), in seconds.
 COST = {
     "start": (90, "assumed: the device notes say a minute or more to start a machine"),
     "triton_compile": (0.44, "measured here: median compile_s of bench/results/aot-triton3.6.json (2-core VM)"),
-    "nvcc_build": (120, "assumed: ~1 min of one core per torch-extension unit and arch (here, 2 loaded cores, the "
-                        "sm_80+sm_90 build took 20+ min); 16 jobs build the 3 .cu and 5 .cpp at once"),
+    "nvcc_build": (120, "measured here: the sm_80 + sm_90 build took 6.6 min of CPU (11 units: 5 .cpp, 3 .cu x 2 "
+                        "archs, ~36 s each); for sm_90 on 16 jobs, the longest .cu (~2 x 36 s) + link, x1.5 margin"),
     "test": (0.15, "assumed: one op test on the GPU with its launches, outside compilation"),
     "inductor_op": (20, "assumed: inductor compiles one small reference graph (forward + backward) on a GPU"),
     "inductor_hit": (3, "assumed: dynamo traces again and inductor finds the graph in its cache"),
@@ -68,7 +69,9 @@ def _count_here(job: dict) -> dict:
 
     collections = []
     for args in job["collections"]:
-        args = [a for i, a in enumerate(args) if a != "-n" and (i == 0 or args[i - 1] != "-n")]  # xdist's
+        # without xdist's -n N (not installed here) and the JSON that pytest-benchmark would open at once
+        args = [a for i, a in enumerate(args) if a != "-n" and (i == 0 or args[i - 1] != "-n")
+                and not a.startswith("--benchmark-json")]
         ids = Ids()
         with contextlib.redirect_stdout(io.StringIO()):
             pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", *args], plugins=[ids])
@@ -112,8 +115,8 @@ def plan_stage(stage: str, collected: dict, compiles_of: dict) -> tuple[list[str
     for step in steps(stage, "$OUT", dry=False):
         per_file = collected.get(tuple(step.collect or ()), {})
         n = sum(per_file.values())
-        what = f"  {step.name}: {' '.join(step.argv[:3])} ..." if len(step.argv) > 3 else f"  {step.name}: " + \
-            " ".join(step.argv)
+        command = shlex.join(step.argv).replace(ROOT + os.sep, "").replace(PY, "python3")
+        what = f"  {step.name}: {command if len(command) < 150 else command[:146] + ' ...'}"
         est, how = 0.0, ""
         if stage == "ops" and step.name == "build":
             est, how = COST["nvcc_build"][0], "nvcc_build"
@@ -165,13 +168,11 @@ def plan_stage(stage: str, collected: dict, compiles_of: dict) -> tuple[list[str
         elif stage == "sanitize":
             est = COST["sanitize_tool"][0] + n * COST["sanitize_test"][0]
             how = f"sanitize_tool + {n} x sanitize_test"
-            what += f"\n      {n} tests (-k '{SANITIZE_K}')"
+            what += f"\n      {n} tests (-k '{SANITIZE_SELECT}')"
         total += est
         lines.append(f"{what}\n      ~{est:.0f} s = {how}")
     return lines, total
 
-
-SANITIZE_K = __import__("gpu_stage").SANITIZE_SELECT
 
 if __name__ == "__main__" and sys.argv[1:] == ["--counts"]:
     print(json.dumps(_count_here(json.loads(sys.stdin.read()))))

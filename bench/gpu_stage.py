@@ -62,6 +62,7 @@ class Step:
     env: dict = dataclasses.field(default_factory=dict)
     seconds: int = 600           # its own limit (the stage's budget cuts it shorter)
     collect: list[str] | None = None  # pytest arguments whose tests --plan counts
+    required: bool = False       # the stage's later steps are pointless without it: they are skipped
 
 
 def pytest(*args: str) -> list[str]:
@@ -87,8 +88,10 @@ def steps(stage: str, out: str, dry: bool) -> list[Step]:
         # once into inductor's caches first, so the timed run (one process) finds them there.
         warm = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", *OP_BENCH, "--benchmark-disable", "-k",
                 f"compile and ({OP_BENCH_SELECT})", *([] if dry else ["-n", "8"])]
+        # the dry run leaves out the checks that only a GPU machine can fail (one import of torch each)
         return [build,
-                Step("backends", [PY, os.path.join(HERE, "gpu_stage.py"), "backends", dev], seconds=120),
+                *([] if dry else [Step("backends", [PY, os.path.join(HERE, "gpu_stage.py"), "backends", dev],
+                                       seconds=120)]),
                 Step("tests", tests, {"STAFAST_TEST_DEVICE": dev}, seconds=420, collect=tests[tests.index("-rfE") + 1:]),
                 *([] if dry else [Step("compile_cache", warm, seconds=180, collect=warm[4:-2])]),
                 Step("benchmarks", bench, {"STAFAST_BENCH_ROUNDS": "1"} if dry else {}, seconds=420,
@@ -97,14 +100,14 @@ def steps(stage: str, out: str, dry: bool) -> list[Step]:
         argv = [PY, "bench/throughput.py", "--out", out, "--pipelines", "torch", "--jsonl", f"{out}/model.jsonl"]
         return [Step("throughput", argv + (["--dry-run"] if dry else []), seconds=450)]
     if stage == "data":
-        first = ([] if dry else
-                 [Step("wheels", ["bash", "scripts/gpu_wheels.sh", "install"], seconds=120)])
+        first = [] if dry else [Step("wheels", ["bash", "scripts/gpu_wheels.sh", "install"], seconds=120, required=True)]
         bench = pytest("bench/test_data.py", "--benchmark-only", f"--benchmark-json={out}/data-bench.json",
                        *(["-k", "not mjpeg and not h264"] if dry else []))
         throughput = [PY, "bench/throughput.py", "--out", out, "--sections", "step", "data", "end_to_end",
                       "--stages", "4", "--variants", "fused", "--jsonl", f"{out}/data.jsonl",
-                      *(["--dry-run", "--pipelines", "dali"] if dry else [])]
-        return first + [Step("dali", [PY, os.path.join(HERE, "gpu_stage.py"), "dali", dev], seconds=120),
+                      *(["--dry-run", "--pipelines", "dali", "--workers", "1"] if dry else [])]
+        return first + [*([] if dry else [Step("dali", [PY, os.path.join(HERE, "gpu_stage.py"), "dali", dev],
+                                               seconds=120, required=True)]),
                         Step("benchmarks", bench, {"STAFAST_BENCH_ROUNDS": "1"} if dry else {}, seconds=300,
                              collect=bench[bench.index("-rfE") + 1:]),
                         Step("end_to_end", throughput, seconds=300)]
@@ -185,16 +188,20 @@ def run_stage(stage: str, out: str, dry: bool) -> int:
     append(environment(stage, dry))
     failed = []
     with open(os.path.join(out, f"{stage}.log"), "a") as log:
+        gate = None  # a required step that failed
         for step in steps(stage, out, dry):
             left = budget - (time.perf_counter() - start)
-            if left < 15:
-                append({"kind": "step", "name": step.name, "rc": None, "seconds": 0, "note": "no time left"})
+            if left < 15 or gate:
+                why = f"skipped: {gate} failed" if gate else "skipped: no time left in the stage's budget"
+                print(f"=== {step.name}: {why}")
+                append({"kind": "step", "name": step.name, "rc": None, "seconds": 0, "note": why})
                 failed.append(step.name)
                 continue
             rc, seconds = run_step(step, min(step.seconds, left), log)
             append({"kind": "step", "name": step.name, "rc": rc, "seconds": round(seconds, 1)})
             if rc:
                 failed.append(step.name)
+                gate = step.name if step.required else None
         text, bad_rows = table(stage, out)
         log.write(text + "\n")
     with open(os.path.join(out, f"{stage}.md"), "w") as f:
@@ -269,7 +276,7 @@ def test_rows(recs: list[dict], what: str, where: str = "") -> list[tuple]:
 
 
 def step_rows(recs: list[dict]) -> list[tuple]:
-    return [(f"step {r['name']}", "exit 0", f"rc {r['rc']} in {r['seconds']} s", r["rc"] == 0, True)
+    return [(f"step {r['name']}", "exit 0", r.get("note") or f"rc {r['rc']} in {r['seconds']} s", r["rc"] == 0, True)
             for r in recs if r.get("kind") == "step"]
 
 
