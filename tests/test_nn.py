@@ -233,10 +233,10 @@ def test_float64_stays_float64_in_every_block_and_in_sta():
     assert all(o.dtype == torch.float64 for o in SpatialAttention(5, 3, 4).double()(f))
     assert DiversityPenalty()(torch.softmax(f[:, :3], -1)).dtype == torch.float64
     assert FrameEnhancement(4, 5).double()(x).dtype == torch.float64
-    clips = torch.randn(2, 3, 3, 64, 32, dtype=torch.float64)
+    fmap = torch.randn(2 * 3, 512, 4, 2, dtype=torch.float64)  # the backbone's output (B*N, D, h, w)
     for spatial in ("attention", "avg"):
         model = randomise(STA(spatial_pooling=spatial, **TOY), 0.05).double()
-        out = model(clips)
+        out = model.head(fmap, 2, 3)
         tensors = {k: getattr(out, k) for k in ("embedding", "feature", "diversity_loss", "attention_maps",
                                                "temporal_weights") if getattr(out, k) is not None}
         assert {k: v.dtype for k, v in tensors.items()} == {k: torch.float64 for k in tensors}, spatial
