@@ -4,15 +4,12 @@ The op tests run the config that the interpreter picks (the first that survives 
 the autotuner may pick any other, so each config is run here on its own, at shapes that leave
 partial tiles everywhere.
 """
-import importlib
-
 import pytest
 import torch
 import triton
 
 from stafast import ops
-from stafast.ops import reference
-from .cases import BACKENDS, DEVICE, attn_inputs, close, fa_inputs, like, ssp_inputs
+from .cases import BACKENDS, DEVICE, attn_inputs, close, like
 
 triton_only = pytest.mark.skipif("triton" not in BACKENDS, reason="the Triton backend does not run here")
 
@@ -21,38 +18,35 @@ CASES = {"spatial_softmax_pool": (3, 5, 37, 150), "diversity_penalty": (3, 5, 37
 
 
 def run(op: str, shape, dtype=torch.float32):
-    """Forward and backward of `op` on fresh random inputs with the current backend; returns
-    (outputs and gradients, the same from the float64 reference)."""
-    if op == "spatial_softmax_pool":
-        inputs = ssp_inputs(shape, dtype, requires_grad=True)
-        fn, ref, extra = ops.spatial_softmax_pool, reference.spatial_softmax_pool, {}
-    elif op == "diversity_penalty":
-        inputs = (attn_inputs(shape, dtype, requires_grad=True),)
-        fn, ref, extra = ops.diversity_penalty, reference.diversity_penalty, {}
-    else:
-        x, bias, scale = fa_inputs(shape, dtype, requires_grad=True)
-        inputs, fn, ref, extra = (x, bias), ops.frame_attention, reference.frame_attention, {"scale": scale}
-    out = fn(*inputs, **({"reduction": "none"} if op == "diversity_penalty" else extra))
+    """Forward and backward of registered op `op` on random inputs from its spec, with the current
+    backend; returns (outputs and gradients, the same from the float64 reference)."""
+    registered = ops.OPS[op]
+    args = registered.spec.inputs(shape, dtype, DEVICE)
+    tensors = [a.requires_grad_() for a in args if isinstance(a, torch.Tensor)]
+    out = registered(*args)
     out = out if isinstance(out, tuple) else (out,)
     grads_out = [like(o) for o in out]
-    got = list(out) + list(torch.autograd.grad(out, inputs, grads_out))
-    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
-    want = ref(*inputs64, *extra.values())
+    got = list(out) + list(torch.autograd.grad(out, tensors, grads_out))
+    args64 = [a.detach().double().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    want = registered.spec.forward(*args64)
     want = want if isinstance(want, tuple) else (want,)
-    return got, list(want) + list(torch.autograd.grad(want, inputs64, [g.double() for g in grads_out]))
+    tensors64 = [a for a in args64 if isinstance(a, torch.Tensor)]
+    return got, list(want) + list(torch.autograd.grad(want, tensors64, [g.double() for g in grads_out]))
 
 
 def autotuned(op: str) -> list:
-    module = importlib.import_module(f"stafast.kernels.{op}")
+    from stafast import kernels
+    module = {m.__name__.rsplit(".", 1)[-1]: m for m in kernels.OPS}[op]
     return [v for v in vars(module).values() if isinstance(v, triton.runtime.Autotuner)]
 
 
-AUTOTUNED = ("frame_attention", "spatial_softmax_pool")  # diversity_penalty picks its one config itself
+# The ops whose Triton kernels autotune (diversity_penalty picks its one config itself)
+AUTOTUNED = tuple(op for op in sorted(ops.OPS) if "triton" in BACKENDS and autotuned(op))
 
 
 @triton_only
-def test_the_autotuned_ops_are_the_ones_tested():
-    assert tuple(op for op in sorted(CASES) if autotuned(op)) == AUTOTUNED
+def test_every_op_has_a_case():
+    assert set(CASES) == set(ops.OPS)
 
 
 @triton_only
