@@ -15,7 +15,7 @@ EXTRAS = {  # extra -> its pip requirements
     "export": ["onnx", "onnxscript", "onnxruntime"],  # --format onnx (torch.onnx needs onnxscript), its check
     "video": ["av>=17"],                              # video tracklets: frame counts, decoding (PyAV)
     "dali": ["nvidia-dali-cuda130"],                  # --pipeline dali
-    "faiss": ["faiss-cpu"],                           # nearest-neighbour search at any gallery size
+    "search": ["faiss-cpu"],                          # stafast.search: gallery indexes at any size (FAISS)
     "tensorboard": ["tensorboard"],                   # the trainer's TensorBoard scalars (tb/)
     "hdf5": ["h5py"],                                 # MATLAB v7.3 (.mat) split and track files
 }

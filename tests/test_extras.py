@@ -23,7 +23,7 @@ def extra_message(extra: str) -> str:
     return re.escape(f": pip install 'stafast[{extra}]'") + "$"
 
 
-@pytest.mark.parametrize("module, extra", [("faiss", "faiss"), ("h5py", "hdf5"), ("onnx", "export"),
+@pytest.mark.parametrize("module, extra", [("faiss", "search"), ("h5py", "hdf5"), ("onnx", "export"),
                                            ("nvidia.dali", "dali"), ("av", "video"), ("tensorboard", "tensorboard")])
 def test_require_names_what_needs_it_and_the_extra(monkeypatch, module, extra):
     missing(monkeypatch, module)
