@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from stafast.losses import Criterion, OIMLoss, SoftmaxLoss
 from stafast.losses.triplet import TripletLoss, batch_hard_triplet
 
+from .test_train import CreatedOn
+
 
 def toy_problem(num_ids=5, per_id=4, dim=16):
     # Orthogonal unit centres: random ones can lie so close that no net separates them well,
@@ -167,21 +169,6 @@ def test_triplet_gradcheck_float64():
     assert torch.isfinite(z.grad).all()
 
 
-class HostOps(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records every op that returns a tensor on the host."""
-
-    def __init__(self):
-        super().__init__()
-        self.host_ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
-                self.host_ops.append(str(func))
-        return out
-
-
 CRITERIA = ("oim", "softmax", "oim+triplet", "softmax+triplet")
 
 
@@ -202,7 +189,7 @@ def test_criteria_never_sync_nor_make_host_tensors(name):
     out = SimpleNamespace(embedding=torch.randn(8, 6, device=meta, requires_grad=True),
                           feature=torch.randn(8, 6, device=meta, requires_grad=True))
     targets = torch.zeros(8, dtype=torch.long, device=meta)
-    with HostOps() as mode:
+    with CreatedOn() as mode:
         terms = criterion(out, targets)
         sum(terms.values()).backward()
     assert mode.host_ops == []
