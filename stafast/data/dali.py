@@ -54,13 +54,17 @@ def dali_decodes(plan: ClipPlan, gpu: bool) -> str | None:
             "decode it with the torch pipeline (PyAV) or on a GPU (NVDEC)")
 
 
-def augment_arguments(augment: ClipAugment) -> tuple[np.ndarray, ...]:
-    """A clip's augmentation as the per-sample arguments of the pipeline's operators: mirror flag,
-    the crop window's start (y, x) for fn.slice, the erased box's start and shape for fn.erase
-    (empty: nothing erased)."""
-    erase = np.array(augment.erase or (), dtype=np.float32).reshape(-1, 2)
-    return (np.array(int(augment.flip), dtype=np.int32), np.array(augment.crop or (0, 0), dtype=np.int32),
-            erase[:1].ravel(), erase[1:].ravel())
+def augment_arguments(augment: ClipAugment, names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+    """A clip's augmentation as the per-sample arguments of the pipeline's operators: the mirror
+    flag, then for the plan's augmentation `names` the crop window's start (y, x) for fn.slice and
+    the erased box's start and shape for fn.erase (empty: nothing erased)."""
+    out = [np.array(int(augment.flip), dtype=np.int32)]
+    if "crop" in names:
+        out.append(np.array(augment.crop or (0, 0), dtype=np.int32))
+    if "erase" in names:
+        erase = np.array(augment.erase or (), dtype=np.float32).reshape(-1, 2)
+        out += [erase[:1].ravel(), erase[1:].ravel()]
+    return tuple(out)
 
 
 class _FrameSource:
@@ -90,8 +94,8 @@ class _FrameSource:
         length = len(self.plan.order(epoch))
         t, idx, augment = self.plan.sample(epoch, min(position, length - 1))  # the last test batch is padded
         data, bad = self._read(t, idx.ravel(), slot)
-        return (*data, *augment_arguments(augment), np.array(t.pid, dtype=np.int64), np.array(t.camid, dtype=np.int64),
-                np.array(bad, dtype=np.int32))
+        return (*data, *augment_arguments(augment, self.plan.augment.names), np.array(t.pid, dtype=np.int64),
+                np.array(t.camid, dtype=np.int64), np.array(bad, dtype=np.int32))
 
     def _read(self, t, idx, slot):
         data, bad = self._bytes(t.frames, int(idx[slot]))
@@ -185,26 +189,27 @@ class DALIClipLoader:
                       device_id=self.device_id, py_num_workers=max(1, self.workers), py_start_method="spawn",
                       seed=self.plan.seed)
         def pipe():
+            augment = self.plan.augment.names  # in the order of plan.py: crop, flip (mirror), erase
+            arguments = 1 + ("crop" in augment) + 2 * ("erase" in augment)  # see augment_arguments
+            outputs = list(fn.external_source(source=source, num_outputs=(2 if self.video else 1) + arguments + 3,
+                                              batch=False, parallel=True))
             if self.video:  # (N, H0, W0, 3) per clip
-                data, frames, flip, crop, erase_at, erase_shape, pid, camid, bad = fn.external_source(
-                    source=source, num_outputs=9, batch=False, parallel=True)
-                images = fn.decoders.video(data, device=decoder, frames=frames)
+                images = fn.decoders.video(outputs.pop(0), device=decoder, frames=outputs.pop(0))
                 layout = "FCHW"
             else:  # (H0, W0, 3) per frame
-                data, flip, crop, erase_at, erase_shape, pid, camid, bad = fn.external_source(
-                    source=source, num_outputs=8, batch=False, parallel=True)
-                images = fn.decoders.image(data, device=decoder, output_type=types.RGB)
+                images = fn.decoders.image(outputs.pop(0), device=decoder, output_type=types.RGB)
                 layout = "CHW"
+            flip = outputs.pop(0)
             images = fn.resize(images, resize_x=self.width, resize_y=self.height, interp_type=types.INTERP_LINEAR,
                                antialias=False, dtype=types.FLOAT)  # no uint8 rounding, as the torch path
-            augment = self.plan.augment.names  # in the order of plan.py: crop, flip (mirror), erase
             if "crop" in augment:  # outside the frame: black, before normalisation
-                images = fn.slice(images, start=crop, shape=[self.height, self.width], axis_names="HW",
+                images = fn.slice(images, start=outputs.pop(0), shape=[self.height, self.width], axis_names="HW",
                                   out_of_bounds_policy="pad", fill_values=0.0)
             clips = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout=layout, mirror=flip,
                                              mean=[m * 255 for m in MEAN], std=[s * 255 for s in STD])
             if "erase" in augment:  # the mean colour: 0 after normalisation
-                clips = fn.erase(clips, anchor=erase_at, shape=erase_shape, axis_names="HW", fill_value=0.0)
+                clips = fn.erase(clips, anchor=outputs.pop(0), shape=outputs.pop(0), axis_names="HW", fill_value=0.0)
+            pid, camid, bad = outputs
             return clips, pid, camid, bad
 
         self.pipe = pipe()
