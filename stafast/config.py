@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from . import ops
 from .cli import option, registry_help
-from .data import DATASET_NAMES, DATASETS, PIPELINES
+from .data import AUGMENTATIONS, DATASET_NAMES, DATASETS, PIPELINES, parse_augment
 from .losses import LOSSES
 from .metrics import PROTOCOLS
 from .models import ABLATIONS, ARCHS, DIVERSITY_KINDS, SPATIAL_POOLINGS, TEMPORAL_POOLINGS, with_ablation
@@ -106,6 +106,12 @@ class TrainConfig:
     loss: str = option("oim", registry_help("training loss, stafast.losses.LOSSES", LOSSES), OPTIM, LOSSES)
     oim_scalar: float = option(30.0, "OIM logit scale (1 / temperature)", OPTIM)
     oim_momentum: float = option(0.5, "OIM table momentum", OPTIM)
+    label_smoothing: float = option(0.0, "label smoothing epsilon of the id loss's cross-entropy (Szegedy et al. 2016)",
+                                    OPTIM)
+    triplet_margin: float = option(0.3, "margin of the batch-hard triplet loss of the +triplet losses", OPTIM)
+    triplet_weight: float = option(1.0, "coefficient of the triplet loss", OPTIM)
+    augment: str = option("flip", "training augmentations, comma-separated from " + ",".join(AUGMENTATIONS) +
+                          " (stafast/data/plan.py: pad-and-crop, horizontal flip, random erasing), or none", OPTIM)
     optimizer: str = option("sgd", registry_help("optimizer, stafast.optim.OPTIMIZERS", OPTIMIZERS), OPTIM,
                             OPTIMIZERS)
     schedule: str = option("step", registry_help("learning-rate schedule of each stage, stafast.optim.SCHEDULES",
@@ -162,6 +168,12 @@ class TrainConfig:
         for name in ("workers", "eval_every", "checkpoint_every", "max_steps"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)} must be >= 0")
+        problems += _problem(parse_augment, self.augment)
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if "triplet" in self.loss and (self.ids_per_batch < 2 or self.tracklets_per_id < 2):
+            problems.append(f"loss={self.loss!r} needs two ids with two tracklets each in every batch, got "
+                            f"ids_per_batch={self.ids_per_batch}, tracklets_per_id={self.tracklets_per_id}")
         if problems:
             raise ValueError("invalid training configuration: " + "; ".join(problems))
 

@@ -47,7 +47,7 @@ from tqdm import tqdm
 from . import cli, ops
 from .checkpoint import FORMAT, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .config import STAGES, SYNTHETIC, StageSpec, TrainConfig
-from .data import ClipPlan, ShardedPlan, build_loader, load_dataset
+from .data import Augmentation, ClipPlan, ShardedPlan, build_loader, load_dataset, parse_augment
 from .evaluate import evaluate_dataset
 from .extras import MissingExtra, require
 from .losses import Criterion, OIMLoss, build_criterion
@@ -349,6 +349,7 @@ def setup_stage(run: Run, si: int) -> Stage:
         run.resume = None
     if stage.start_epoch < epochs:
         plan = ClipPlan(run.dataset.train, cfg.frames, "train", seed=cfg.seed + 1000 * si,
+                        augment=Augmentation(parse_augment(cfg.augment), cfg.height, cfg.width),
                         ids_per_batch=cfg.ids_per_batch, tracklets_per_id=cfg.tracklets_per_id)
         shard = ShardedPlan(plan, run.rank, run.world, cfg.batch_size) if run.world > 1 else plan
         stage.loader = build_loader(shard, cfg.batch_size // run.world, cfg.height, cfg.width, pipeline=cfg.pipeline,

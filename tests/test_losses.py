@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stafast.losses import Criterion, OIMLoss, SoftmaxLoss
+from stafast.config import TrainConfig
+from stafast.losses import LOSSES, OIMLoss, SoftmaxLoss, build_criterion
 from stafast.losses.triplet import TripletLoss, batch_hard_triplet
 
 from .test_train import CreatedOn
@@ -169,15 +170,14 @@ def test_triplet_gradcheck_float64():
     assert torch.isfinite(z.grad).all()
 
 
-CRITERIA = ("oim", "softmax", "oim+triplet", "softmax+triplet")
+CRITERIA = tuple(LOSSES)
 
 
 def combined(name, dim, classes, label_smoothing=0.0, triplet_weight=1.0):
-    """The criterion --loss `name` stands for: the id loss, plus the triplet loss for "+triplet"."""
-    kind, _, extra = name.partition("+")
-    id_loss = (OIMLoss if kind == "oim" else SoftmaxLoss)(dim, classes, label_smoothing=label_smoothing)
-    terms = {"id": id_loss, "triplet": TripletLoss()} if extra else {"id": id_loss}
-    return Criterion(terms, {"triplet": triplet_weight} if extra else None)
+    """The criterion of --loss `name`, from the registry."""
+    cfg = TrainConfig.create("synthetic", loss=name, embed_dim=dim, label_smoothing=label_smoothing,
+                             triplet_weight=triplet_weight)
+    return build_criterion(cfg, classes)
 
 
 @pytest.mark.parametrize("name", CRITERIA)
@@ -221,6 +221,10 @@ def test_label_smoothing_matches_the_loop_transcription(eps):
     assert oim(e, y).item() == pytest.approx(want, rel=1e-5)
     with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\), got 1.0"):
         SoftmaxLoss(6, 5, label_smoothing=1.0)
+
+
+def test_the_registry_holds_the_combinations():
+    assert set(CRITERIA) == {"oim", "softmax", "oim+triplet", "softmax+triplet"}
 
 
 @pytest.mark.parametrize("name", CRITERIA)

@@ -69,9 +69,11 @@ def assert_same_weights(a, b):
     assert a["scheduler"] == b["scheduler"]
 
 
-SCHEDULES = {  # name: flags, a run of 2 steps per epoch
+SCHEDULES = {  # name: flags, a run of 2 steps per epoch (OIM unless they say otherwise)
     "one stage": ["--epochs", "2"],
     "two stages": ["--stages", "3,4", "--epochs", "1,1"],
+    "augmented": ["--epochs", "2", "--augment", "crop,flip,erase", "--loss", "softmax+triplet", "--label-smoothing",
+                  "0.1"],
 }
 _uninterrupted = {}
 
@@ -80,7 +82,7 @@ def uninterrupted(root, tmp_path_factory, schedule):
     """The reference: the schedule run in one go (cached per schedule for this module)."""
     if schedule not in _uninterrupted:
         out = tmp_path_factory.mktemp("full")
-        run(root, out, *SCHEDULES[schedule], "--deterministic", "--no-eval", "--loss", "oim")
+        run(root, out, "--loss", "oim", *SCHEDULES[schedule], "--deterministic", "--no-eval")
         _uninterrupted[schedule] = final_state(out)
     return _uninterrupted[schedule]
 
@@ -91,10 +93,11 @@ def uninterrupted(root, tmp_path_factory, schedule):
     ("one stage", 3, (0, 1, 1), 1),   # mid-epoch
     ("two stages", 2, (0, 1, 0), 1),  # the last step of a stage
     ("two stages", 3, (1, 0, 1), 1),  # mid-way into the second stage
+    ("augmented", 3, (0, 1, 1), 1),   # mid-epoch, every augmentation drawn, softmax + triplet
 ])
 def test_resume_from_max_steps_ends_with_the_weights_of_an_uninterrupted_run(tiny_root, tmp_path, tmp_path_factory,
                                                                             schedule, max_steps, where, ended):
-    flags = [*SCHEDULES[schedule], "--deterministic", "--no-eval", "--loss", "oim"]
+    flags = ["--loss", "oim", *SCHEDULES[schedule], "--deterministic", "--no-eval"]
     stopped = run(tiny_root, tmp_path, *flags, "--max-steps", str(max_steps))
     assert stopped["stopped"]
     state = final_state(tmp_path)
@@ -109,8 +112,8 @@ def test_resume_from_max_steps_ends_with_the_weights_of_an_uninterrupted_run(tin
     assert not resumed["stopped"]
     assert_same_weights(uninterrupted(tiny_root, tmp_path_factory, schedule), final_state(tmp_path))
     history = json.load(open(tmp_path / "metrics.json"))["history"]
-    assert [(r["stage"], r["epoch"]) for r in history] == ([(4, 1), (4, 2)] if schedule == "one stage"
-                                                          else [(3, 1), (4, 1)])
+    assert [(r["stage"], r["epoch"]) for r in history] == ([(3, 1), (4, 1)] if schedule == "two stages"
+                                                          else [(4, 1), (4, 2)])
 
 
 class Recorder(T.Hook):

@@ -19,10 +19,11 @@ from .lsvid import LSVID
 from .mevid import MEVID
 from .loader import PIPELINES, build_loader, dali_available
 from .manifest import VideoFiles
-from .plan import AUGMENTATIONS, Augmentation, ClipAugment, ClipPlan, ShardedPlan
+from .plan import AUGMENTATIONS, Augmentation, ClipAugment, ClipPlan, ShardedPlan, parse_augment
 from .sampling import MODES, RestrictedRandomSampler, chunk_bounds, sample_frames
 
 __all__ = ["AUGMENTATIONS", "CCVID", "DATASETS", "DATASET_NAMES", "ILIDSVID", "LSVID", "MARS", "MEVID", "MODES",
            "PIPELINES", "PRID2011", "Augmentation", "ClipAugment", "ClipPlan", "DatasetError", "DukeV",
            "RestrictedRandomSampler", "ShardedPlan", "Tracklet", "VideoFiles", "VideoTracklet", "build_loader",
-           "chunk_bounds", "dali_available", "default_protocol", "load_dataset", "protocol_attrs", "sample_frames"]
+           "chunk_bounds", "dali_available", "default_protocol", "load_dataset", "parse_augment", "protocol_attrs",
+           "sample_frames"]

@@ -110,6 +110,16 @@ class Augmentation:
                              f"pipeline makes {height}x{width} ones")
 
 
+def parse_augment(text: str) -> tuple[str, ...]:
+    """--augment's value: comma-separated names of AUGMENTATIONS, or "none"."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none")
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"augment={text!r}: unknown {unknown}; expected comma-separated names from {AUGMENTATIONS}, "
+                         "or none")
+    return names
+
+
 class ClipPlan:
     """Samples of an epoch.  `augment`: what each training clip draws (default: flips only, the
     behaviour before --augment); test and all-frames clips are never augmented."""
