@@ -131,3 +131,12 @@ def test_bad_augmentations():
 def synth_tracklet():
     from stafast.data import Tracklet
     return Tracklet(("a.jpg", "b.jpg"), 1, 1)
+
+
+def test_the_augment_flag():
+    from stafast.config import TrainConfig
+    from stafast.data import parse_augment
+    assert parse_augment("erase, flip,crop") == ("erase", "flip", "crop") and parse_augment("none") == ()
+    assert Augmentation(parse_augment("erase,flip,crop"), 8, 4).names == ("crop", "flip", "erase")  # applied in order
+    with pytest.raises(ValueError, match=r"augment='flip,blur': unknown \['blur'\]"):
+        TrainConfig.create("synthetic", augment="flip,blur")

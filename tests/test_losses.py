@@ -243,3 +243,11 @@ def test_criteria_return_their_named_terms_on_the_fields_they_take(name):
         crit = criterion.losses["id"]
         want = F.cross_entropy(crit.classifier(crit.bn(feature)), y, label_smoothing=0.1)
         torch.testing.assert_close(terms["id"], want)
+
+
+def test_the_config_refuses_what_the_losses_cannot_train():
+    with pytest.raises(ValueError, match=r"loss='softmax\+triplet' needs two ids with two tracklets each.*"
+                                         r"tracklets_per_id=1"):
+        TrainConfig.create("synthetic", loss="softmax+triplet", tracklets_per_id=1)
+    with pytest.raises(ValueError, match=r"label_smoothing=1.0 must be in \[0, 1\)"):
+        TrainConfig.create("synthetic", label_smoothing=1.0)

@@ -434,7 +434,8 @@ def test_help_shows_the_real_defaults_and_the_registries(capsys):
     assert "ResNet backbone (default: resnet50; with --dataset synthetic: resnet18)" in text
     assert "(default: 1,2,3; with --dataset synthetic: 4)" in text and "(default: 50)" in text
     assert "{" + ",".join(DATASET_NAMES) + "}" in text and "{auto,dali,torch}" in text
-    assert "{auto,reference,triton,ext}" in text and "{" + ",".join(PROTOCOLS) + "}" in text and "{oim,softmax}" in text
+    assert "{auto,reference,triton,ext}" in text and "{" + ",".join(PROTOCOLS) + "}" in text
+    assert "{oim,softmax,oim+triplet,softmax+triplet}" in text
 
 
 def test_config_presets_and_checks():

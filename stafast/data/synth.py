@@ -244,24 +244,25 @@ def _sort_key(track):
 def make_mars(out: str, ids: int = 16, test_ids: int = 16, cameras: int = 3, tracklets: int = 2,
               frames: tuple[int, int] = (8, 16), size=(128, 64), distractors: int = 4, junk: int = 2,
               seed: int = 0, occlusion: float = 0.3, difficulty: Difficulty | None = None,
-              queries: int | None = None) -> str:
-    """A small MARS tree: every id is seen by 2..cameras cameras with `tracklets` tracklets each.
-    Queries: one tracklet per camera of each test id seen in two or more cameras, or a random
-    `queries` of those; `difficulty`: see Difficulty (None: none of it)."""
+              queries: int | None = None, test_tracklets: int | None = None) -> str:
+    """A small MARS tree: every id is seen by 2..cameras cameras with `tracklets` tracklets each
+    (`test_tracklets` for the test ids, default the same).  Queries: one tracklet per camera of
+    each test id seen in two or more cameras, or a random `queries` of those; `difficulty`: see
+    Difficulty (None: none of it)."""
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(out, "info"), exist_ok=True)
 
-    def tracks_for(pids):
+    def tracks_for(pids, per_camera):
         out_tracks = []
         for pid in pids:
             cams = sorted(rng.choice(np.arange(1, cameras + 1), size=int(rng.integers(2, cameras + 1)), replace=False))
             for cam in cams:
-                out_tracks += [(int(pid), int(cam), int(rng.integers(frames[0], frames[1] + 1))) for _ in range(tracklets)]
+                out_tracks += [(int(pid), int(cam), int(rng.integers(frames[0], frames[1] + 1))) for _ in range(per_camera)]
         return out_tracks
 
-    train = tracks_for(range(1, ids + 1))
+    train = tracks_for(range(1, ids + 1), tracklets)
     test_pids = range(ids + 1, ids + test_ids + 1)
-    test = tracks_for(test_pids)
+    test = tracks_for(test_pids, tracklets if test_tracklets is None else test_tracklets)
     test += [(0, int(rng.integers(1, cameras + 1)), int(rng.integers(frames[0], frames[1] + 1))) for _ in range(distractors)]
     test += [(-1, int(rng.integers(1, cameras + 1)), int(rng.integers(1, 4))) for _ in range(junk)]
     test.sort(key=_sort_key)  # name-list order: folder ("00-1" < "0000" < "0001"...), then camera
@@ -286,9 +287,9 @@ GENERATOR_VERSION = 2
 # `--dataset synthetic` and `make demo`: sized so that the paper's model lands well below
 # saturation on 2 CPU cores in a few minutes, with enough queries to tell its components apart
 # (README, "Quick start"; bench/README.md, component analysis).
-SYNTHETIC_SET = dict(ids=32, test_ids=100, cameras=3, tracklets=2, frames=(8, 16), size=(128, 64), distractors=20,
-                     junk=2, occlusion=0.3, difficulty=Difficulty(part_occlusion=0.3, misalignment=0.1, clutter=3,
-                                                                  light=0.2), queries=None)
+SYNTHETIC_SET = dict(ids=32, test_ids=100, cameras=3, tracklets=2, test_tracklets=1, frames=(8, 16), size=(128, 64),
+                     distractors=20, junk=2, occlusion=0.3, queries=None,
+                     difficulty=Difficulty(part_occlusion=0.2, misalignment=0.05, clutter=1, light=0.1))
 
 
 def cache_name(params: dict, seed: int) -> str:
