@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .diversity import DIVERSITY_FORMS, diversity_term
 from .oim import OIMLoss
 from .softmax import SoftmaxLoss
 from .triplet import TripletLoss
@@ -97,4 +98,5 @@ def build_criterion(cfg, num_classes: int) -> Criterion:
     return criterion
 
 
-__all__ = ["LOSSES", "RESERVED", "Criterion", "OIMLoss", "SoftmaxLoss", "TripletLoss", "build_criterion"]
+__all__ = ["DIVERSITY_FORMS", "LOSSES", "RESERVED", "Criterion", "OIMLoss", "SoftmaxLoss", "TripletLoss",
+           "build_criterion", "diversity_term"]
