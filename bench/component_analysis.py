@@ -120,6 +120,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default="bench/results/components")
     p.add_argument("--configs", nargs="+", metavar="NAME", help="only these rows (e.g. SpaAtn+Q K=2); default all")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep each run's checkpoint.pt (by default removed once the run is recorded: ~100 MB each)")
     a = p.parse_args(argv)
     configs = sorted(CONFIGS, key=lambda c: PRIORITY.index(c[0]))
     if a.configs:
@@ -135,7 +137,10 @@ def main(argv=None):
         for seed in a.seeds:
             if any(r["config"] == name and r["seed"] == seed and r["flags"] == flags + extra for r in runs):
                 continue
-            run = train_once(name, flags + extra, seed, os.path.join(a.out, "runs", f"{name}-s{seed}"))
+            run_dir = os.path.join(a.out, "runs", f"{name}-s{seed}")
+            run = train_once(name, flags + extra, seed, run_dir)
+            if not a.keep_checkpoints:
+                os.remove(os.path.join(run_dir, "checkpoint.pt"))  # metrics.json and tb/ stay
             runs = [r for r in runs if not (r["config"] == name and r["seed"] == seed)] + [run]
             print(f"{name} seed {seed}: rank-1 {run['rank1']:.3f} mAP {run['mAP']:.3f} "
                   f"({run['seconds']:.0f} s, {run['cpu_seconds']:.0f} CPU s)", file=sys.stderr)
