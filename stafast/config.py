@@ -7,8 +7,8 @@ its argument parser from these fields (stafast.cli), so flags, defaults, choices
 cannot drift apart.
 
 Defaults follow the paper (Sec. 4.2) for the real datasets; `--dataset synthetic` replaces the
-fields of SYNTHETIC (a small CPU-sized run).  `TrainConfig.create` applies that preset, then the
-fields of an --ablation row.  STAGES is the table of the schedule's stages (--stages).
+fields of SYNTHETIC (a small CPU-sized run), `--recipe` those of RECIPES.  `TrainConfig.create`
+applies those presets, then the fields of an --ablation row, then the explicit values.  STAGES is the table of the schedule's stages (--stages).
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from . import ops
 from .cli import option, registry_help
-from .data import DATASET_NAMES, DATASETS, PIPELINES
-from .losses import LOSSES
+from .data import AUGMENTATIONS, DATASET_NAMES, DATASETS, PIPELINES, parse_augment
+from .losses import DIVERSITY_FORMS, LOSSES
 from .metrics import PROTOCOLS
 from .models import ABLATIONS, ARCHS, DIVERSITY_KINDS, SPATIAL_POOLINGS, TEMPORAL_POOLINGS, with_ablation
 from .models.backbone import LAST_STRIDES
@@ -53,6 +53,32 @@ STAGES = {
 # one direction (see stafast/losses/softmax.py), so OIM learns far more slowly here.
 SYNTHETIC = dict(arch="resnet18", height=128, width=64, stages=(4,), epochs=(15,), lr=0.01, lr_step=0.75,
                  ids_per_batch=4, tracklets_per_id=2, loss="softmax")
+
+# --recipe: presets that explicit flags override.  One precedence rule, the same for every field:
+# an explicit flag > the recipe (with --dataset synthetic, its CPU-sized variant below) > --dataset
+# synthetic's preset > the field's default (the paper's, Sec. 4.2).  "paper" is those defaults.
+# "strong" is the video re-ID baseline of recent years (PSTA, TCLNet, AP3D, fast-reid-style), each
+# setting from its source; it keeps the paper's model (the STA network, --last-stride 2) and its
+# evaluation on the L2-normalised embedding, where Luo et al. use last stride 1 and the feature
+# after the batch normalisation.
+RECIPES = {
+    "paper": {},
+    "strong": dict(
+        loss="softmax+triplet",                 # cross-entropy after a BNNeck, triplet before it (Luo et al. 2019)
+        label_smoothing=0.1,                    # Luo et al. 2019, after Szegedy et al. 2016
+        triplet_margin=0.3,                     # Hermans et al. 2017; Luo et al. 2019; AP3D (Gu et al. 2020)
+        ids_per_batch=8, tracklets_per_id=4,    # 32 clips, 4 per id (AP3D, TCLNet: --num_instances 4)
+        augment="crop,flip,erase",              # Luo et al. 2019: pad 10 and crop, flip, random erasing p = 0.5
+        optimizer="adam", lr=3.5e-4, weight_decay=5e-4,  # Luo et al. 2019 (AP3D, TCLNet: 3e-4)
+        warmup_epochs=10,                       # Luo et al. 2019: linear from 3.5e-5 over 10 epochs
+        stages=(4,), epochs=(120,), lr_step=1 / 3,  # one end-to-end stage of 120 epochs, x0.1 at 40 (Luo et al.'s
+    ),                                          # first step; the step schedule takes one, their second is at 70)
+}
+# With --dataset synthetic a recipe keeps the CPU-sized run: 8 epochs of 4 ids x 4 clips (as many clips
+# as the paper recipe's 15 epochs of 4 x 2), warmup 1 epoch (Luo et al.'s 10 of 120, rounded up), and
+# the synthetic schedule's late step (from random weights, as SYNTHETIC).
+SYNTHETIC_RECIPES = {"paper": {}, "strong": dict(ids_per_batch=4, tracklets_per_id=4, epochs=(8,), warmup_epochs=1,
+                                                 lr_step=0.75)}
 
 
 def split_option(group: str | None = None, all_splits: bool = False):
@@ -91,6 +117,9 @@ class TrainConfig:
     diversity_kind: str = option("hellinger", "diversity penalty: Q (Eq. 9), Q' (Eq. 10) or none", MODEL,
                                DIVERSITY_KINDS)
     diversity_weight: float = option(1.0, "coefficient of Q in the loss", MODEL)
+    diversity_form: str = option("mean", "how Q enters the loss (stafast/losses/diversity.py): mean, the mean over the "
+                                         "batch's frames; authors, sqrt(sum over them + 1e-5) as the authors' released "
+                                         "code", MODEL, DIVERSITY_FORMS)
     temporal_pooling: str = option("attention", "temporal pooling (Eqs. 11-13, or average / max)", MODEL,
                                  TEMPORAL_POOLINGS)
     enhance: bool = option(True, "the frame enhancement E of Eq. 4", MODEL)
@@ -106,15 +135,28 @@ class TrainConfig:
     loss: str = option("oim", registry_help("training loss, stafast.losses.LOSSES", LOSSES), OPTIM, LOSSES)
     oim_scalar: float = option(30.0, "OIM logit scale (1 / temperature)", OPTIM)
     oim_momentum: float = option(0.5, "OIM table momentum", OPTIM)
+    label_smoothing: float = option(0.0, "label smoothing epsilon of the id loss's cross-entropy (Szegedy et al. 2016)",
+                                    OPTIM)
+    triplet_margin: float = option(0.3, "margin of the batch-hard triplet loss of the +triplet losses", OPTIM)
+    triplet_weight: float = option(1.0, "coefficient of the triplet loss", OPTIM)
+    augment: str = option("flip", "training augmentations, comma-separated from " + ",".join(AUGMENTATIONS) +
+                          " (stafast/data/plan.py: pad-and-crop, horizontal flip, random erasing), or none", OPTIM)
+    recipe: str = option("paper", "a preset of the settings below (stafast.config.RECIPES): paper, the paper's "
+                                  "(Sec. 4.2); strong, the strong video re-ID baseline (softmax+triplet on a BNNeck, "
+                                  "label smoothing 0.1, 4 clips per id, crop/flip/erase, Adam 3.5e-4, 10 warmup "
+                                  "epochs). Precedence: an explicit flag > the recipe > --dataset synthetic's "
+                                  "preset > the default", OPTIM, RECIPES)
     optimizer: str = option("sgd", registry_help("optimizer, stafast.optim.OPTIMIZERS", OPTIMIZERS), OPTIM,
                             OPTIMIZERS)
     schedule: str = option("step", registry_help("learning-rate schedule of each stage, stafast.optim.SCHEDULES",
                                                  SCHEDULES), OPTIM, SCHEDULES)
+    warmup_epochs: int = option(0, "epochs of linear learning-rate warmup at each stage's start, from 0.1 x --lr "
+                                   "(Luo et al. 2019); 0: none", OPTIM)
     lr: float = option(0.1, "initial learning rate of each stage", OPTIM)
     lr_step: float = option(0.5, "the step schedule: fraction of a stage's epochs after which the learning rate "
                                  "drops", OPTIM)
     momentum: float = option(0.9, "SGD momentum", OPTIM)
-    weight_decay: float = option(5e-4, "SGD weight decay", OPTIM)
+    weight_decay: float = option(5e-4, "weight decay (an L2 term for both optimizers)", OPTIM)
     ids_per_batch: int = option(8, "P ids per batch", OPTIM)
     tracklets_per_id: int = option(4, "Q tracklets per id (batch = P x Q clips)", OPTIM)
     seed: int = option(0, "seed of the initialisation and of the clip plan", OPTIM)
@@ -162,18 +204,29 @@ class TrainConfig:
         for name in ("workers", "eval_every", "checkpoint_every", "max_steps"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)} must be >= 0")
+        problems += _problem(parse_augment, self.augment)
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if "triplet" in self.loss and (self.ids_per_batch < 2 or self.tracklets_per_id < 2):
+            problems.append(f"loss={self.loss!r} needs two ids with two tracklets each in every batch, got "
+                            f"ids_per_batch={self.ids_per_batch}, tracklets_per_id={self.tracklets_per_id}")
         if problems:
             raise ValueError("invalid training configuration: " + "; ".join(problems))
 
     @classmethod
-    def create(cls, dataset: str = "synthetic", ablation: str | None = None, **overrides) -> "TrainConfig":
+    def create(cls, dataset: str = "synthetic", ablation: str | None = None, recipe: str = "paper",
+               **overrides) -> "TrainConfig":
         """The configuration for `dataset`: the paper's defaults, or SYNTHETIC's for "synthetic", then
-        the fields of Table 1 row `ablation`, then `overrides` (None values are left at those), which
-        must not contradict the row (stafast.models.with_ablation)."""
+        the `recipe`'s settings (RECIPES, and for "synthetic" SYNTHETIC_RECIPES), then the fields of
+        Table 1 row `ablation`, then `overrides` (None values are left at those), which must not
+        contradict the row (stafast.models.with_ablation)."""
+        recipe = "paper" if recipe is None else recipe
+        choice("TrainConfig", "recipe", recipe, tuple(RECIPES))
         given = {k: v for k, v in overrides.items() if v is not None}
-        preset = {**(SYNTHETIC if dataset == "synthetic" else {}),
+        synthetic = dataset == "synthetic"
+        preset = {**(SYNTHETIC if synthetic else {}), **RECIPES[recipe], **(SYNTHETIC_RECIPES[recipe] if synthetic else {}),
                   **with_ablation(ablation, {k: v for k, v in given.items() if k in ABLATION_FIELDS})}
-        return cls(dataset=dataset, ablation=ablation, **{**preset, **given})
+        return cls(dataset=dataset, ablation=ablation, recipe=recipe, **{**preset, **given})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

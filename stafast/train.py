@@ -46,11 +46,11 @@ from tqdm import tqdm
 
 from . import cli, ops
 from .checkpoint import FORMAT, load_checkpoint, rng_state, save_atomic, set_rng_state
-from .config import STAGES, SYNTHETIC, StageSpec, TrainConfig
-from .data import ClipPlan, ShardedPlan, build_loader, load_dataset
+from .config import RECIPES, STAGES, SYNTHETIC, SYNTHETIC_RECIPES, StageSpec, TrainConfig
+from .data import Augmentation, ClipPlan, ShardedPlan, build_loader, load_dataset, parse_augment
 from .evaluate import evaluate_dataset
 from .extras import MissingExtra, require
-from .losses import Criterion, OIMLoss, build_criterion
+from .losses import Criterion, OIMLoss, build_criterion, diversity_term
 from .models import STA, build_model
 from .models.backbone import warn_random_init
 from .optim import build_optimizer, build_schedule
@@ -71,7 +71,8 @@ def parse_args(argv=None) -> TrainConfig:
                      build=TrainConfig.create)
 
 
-PRESETS = {"--dataset synthetic": SYNTHETIC}  # shown beside the defaults in --help
+PRESETS = {"--dataset synthetic": SYNTHETIC, "--recipe strong": RECIPES["strong"],  # shown beside the defaults
+           "--dataset synthetic --recipe strong": SYNTHETIC_RECIPES["strong"]}    # in --help
 
 
 # ---------------------------------------------------------------------------------- the whole run
@@ -349,6 +350,7 @@ def setup_stage(run: Run, si: int) -> Stage:
         run.resume = None
     if stage.start_epoch < epochs:
         plan = ClipPlan(run.dataset.train, cfg.frames, "train", seed=cfg.seed + 1000 * si,
+                        augment=Augmentation(parse_augment(cfg.augment), cfg.height, cfg.width),
                         ids_per_batch=cfg.ids_per_batch, tracklets_per_id=cfg.tracklets_per_id)
         shard = ShardedPlan(plan, run.rank, run.world, cfg.batch_size) if run.world > 1 else plan
         stage.loader = build_loader(shard, cfg.batch_size // run.world, cfg.height, cfg.width, pipeline=cfg.pipeline,
@@ -424,14 +426,16 @@ def gather_for_loss(out, fields: tuple[str, ...], pids: torch.Tensor, world: int
 
 
 def train_step(stage: Stage, clips: torch.Tensor, pids: torch.Tensor, diversity_weight: float,
-               amp_dtype: torch.dtype | None = None, world: int = 1) -> None:
+               amp_dtype: torch.dtype | None = None, world: int = 1, diversity_form: str = "mean") -> None:
     """One optimizer step on a batch already on the device: the criterion's terms plus
-    diversity_weight * Q, summed.  No host sync, no tensor made on the host and no branch on a
-    device value: on a GPU it runs ahead of the device and can be captured."""
+    diversity_weight * Q (in `diversity_form`, stafast.losses.diversity), summed.  No host sync, no
+    tensor made on the host and no branch on a device value: on a GPU it runs ahead of the device
+    and can be captured."""
     with torch.autocast(clips.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
         out = stage.net(clips)
     terms = stage.criterion(*gather_for_loss(out, stage.criterion.takes, pids, world))
-    terms["diversity"] = diversity_weight * out.diversity_loss
+    terms["diversity"] = diversity_weight * diversity_term(out.diversity_loss, clips.shape[0] * clips.shape[1],
+                                                          diversity_form)
     loss = functools.reduce(operator.add, terms.values())
     stage.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -458,7 +462,7 @@ def run_epoch(run: Run, stage: Stage, epoch: int) -> bool:
     for position, batch in enumerate(stage.loader, start + 1):
         clips = batch["clips"].to(run.device, non_blocking=True)
         pids = batch["pids"].to(run.device, non_blocking=True)
-        train_step(stage, clips, pids, cfg.diversity_weight, run.amp_dtype, run.world)
+        train_step(stage, clips, pids, cfg.diversity_weight, run.amp_dtype, run.world, cfg.diversity_form)
         run.global_step += 1
         clips_seen += clips.shape[0] * run.world
         bar.update(1)

@@ -136,7 +136,7 @@ def test_corrupt_jpeg_raises_with_its_path_or_is_skipped(mars_copy, pipeline):
     loader = build_loader(plan, 4, 32, 16, pipeline=pipeline, workers=1, on_error="skip")
     (batch,) = list(loader)
     assert batch["bad_frames"] == 1 and loader.bad_frames == 1
-    neighbour = to_model_input(read_image(bad.frames[1])[None], 32, 16, flip=False)[0]
+    neighbour = to_model_input(read_image(bad.frames[1])[None], 32, 16)[0]
     torch.testing.assert_close(batch["clips"][0, 0], neighbour)  # frame 0 replaced by frame 1
 
 

@@ -1,9 +1,15 @@
+import math
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from stafast.losses import OIMLoss, SoftmaxLoss
-from stafast.losses.triplet import TripletLoss
+from stafast.config import TrainConfig
+from stafast.losses import LOSSES, OIMLoss, SoftmaxLoss, build_criterion
+from stafast.losses.triplet import TripletLoss, batch_hard_triplet
+
+from .test_train import CreatedOn
 
 
 def toy_problem(num_ids=5, per_id=4, dim=16):
@@ -114,3 +120,134 @@ def test_triplet_batch_hard_value():
     assert TripletLoss(margin=1.5)(x, y).item() == pytest.approx(0.5 / 4)
     with pytest.raises(ValueError, match="at least one id with two clips"):
         TripletLoss()(x, torch.tensor([0, 1, 2, 3]))
+
+
+# --------------------------------------------------------------------------- batch-hard triplet
+def triplet_loop(x, y, margin):
+    """Hermans et al.'s batch-hard loss written as plain loops (the spec the vectorised one must match)."""
+    x, y = x.tolist(), y.tolist()
+    hinges = []
+    for a in range(len(x)):
+        pos = [math.dist(x[a], x[p]) for p in range(len(x)) if p != a and y[p] == y[a]]
+        neg = [math.dist(x[a], x[n]) for n in range(len(x)) if y[n] != y[a]]
+        if pos and neg:
+            hinges.append(max(0.0, max(pos) - min(neg) + margin))
+    return sum(hinges) / len(hinges) if hinges else 0.0
+
+
+def random_batch(ids=5, per_id=3, singles=2, dim=7, dtype=torch.float32):
+    """P ids x Q clips plus ids seen once (anchors without a positive), shuffled; L2-normalised rows."""
+    y = torch.cat([torch.arange(ids).repeat_interleave(per_id), ids + torch.arange(singles)])
+    y = y[torch.randperm(len(y))]
+    return F.normalize(torch.randn(len(y), dim, dtype=dtype), dim=1), y
+
+
+@pytest.mark.parametrize("ids, per_id, singles, margin", [(5, 3, 2, 0.3), (2, 2, 0, 0.3), (4, 5, 1, 1.0), (3, 2, 3, 2.5)])
+def test_triplet_matches_the_loop_transcription(ids, per_id, singles, margin):
+    for _ in range(5):
+        x, y = random_batch(ids, per_id, singles)
+        got = TripletLoss(margin)(x, y)
+        assert got.item() == pytest.approx(triplet_loop(x, y, margin), rel=1e-5, abs=1e-6)
+
+
+def test_triplet_without_a_valid_anchor_is_zero_and_the_cpu_check_names_the_batch():
+    x = F.normalize(torch.randn(3, 4), dim=1)
+    assert batch_hard_triplet(x, torch.tensor([0, 1, 2]), 0.3).item() == 0.0  # nobody has a positive
+    assert batch_hard_triplet(x, torch.tensor([1, 1, 1]), 0.3).item() == 0.0  # nobody has a negative
+    with pytest.raises(ValueError, match=r"at least one id with two clips.*got targets \[1, 1, 1\]"):
+        TripletLoss()(x, torch.tensor([1, 1, 1]))
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        TripletLoss(-0.1)
+
+
+def test_triplet_gradcheck_float64():
+    x, y = random_batch(4, 3, 1, dim=5, dtype=torch.float64)
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: batch_hard_triplet(v, y, 0.5), (x,))
+    # identical rows (a zero distance on and off the diagonal) give finite gradients
+    z = torch.cat([x.detach()[:1], x.detach()[:1], x.detach()[1:]]).requires_grad_()
+    batch_hard_triplet(z, torch.cat([y[:1], y[:1], y[1:]]), 0.5).backward()
+    assert torch.isfinite(z.grad).all()
+
+
+CRITERIA = tuple(LOSSES)
+
+
+def combined(name, dim, classes, label_smoothing=0.0, triplet_weight=1.0):
+    """The criterion of --loss `name`, from the registry."""
+    cfg = TrainConfig.create("synthetic", loss=name, embed_dim=dim, label_smoothing=label_smoothing,
+                             triplet_weight=triplet_weight)
+    return build_criterion(cfg, classes)
+
+
+@pytest.mark.parametrize("name", CRITERIA)
+def test_criteria_never_sync_nor_make_host_tensors(name):
+    """Forward and backward on the meta device: a value read on the host (.item(), a boolean index, a
+    data-dependent shape) would raise there, and a tensor made on the host would show up."""
+    meta = torch.device("meta")
+    criterion = combined(name, 6, 4).to(meta)
+    out = SimpleNamespace(embedding=torch.randn(8, 6, device=meta, requires_grad=True),
+                          feature=torch.randn(8, 6, device=meta, requires_grad=True))
+    targets = torch.zeros(8, dtype=torch.long, device=meta)
+    with CreatedOn() as mode:
+        terms = criterion(out, targets)
+        sum(terms.values()).backward()
+    assert mode.host_ops == []
+    for loss in criterion.losses.values():  # the gradient reached every field a term takes
+        assert getattr(out, loss.takes).grad.device == meta
+
+
+# ------------------------------------------------------------------------ label smoothing, criteria
+def smoothed_cross_entropy_loop(logits, y, eps):
+    """-(1 - eps) log p_y - eps / C sum_c log p_c per sample (Szegedy et al. 2016), then the mean."""
+    total = 0.0
+    for row, label in zip(logits.tolist(), y.tolist()):
+        log_z = math.log(sum(math.exp(v) for v in row))
+        log_p = [v - log_z for v in row]
+        total += -(1 - eps) * log_p[label] - eps / len(row) * sum(log_p)
+    return total / len(y)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.4])
+def test_label_smoothing_matches_the_loop_transcription(eps):
+    x, y = torch.randn(9, 6), torch.randint(0, 5, (9,))
+    softmax = SoftmaxLoss(6, 5, label_smoothing=eps)
+    logits = softmax.classifier(softmax.bn(x))
+    assert softmax(x, y).item() == pytest.approx(smoothed_cross_entropy_loop(logits, y, eps), rel=1e-5)
+    oim = OIMLoss(6, 5, scalar=4.0, label_smoothing=eps)
+    oim.lut.copy_(F.normalize(torch.randn(5, 6), dim=1))
+    e = F.normalize(x, dim=1)
+    want = smoothed_cross_entropy_loop(4.0 * e @ oim.lut.t(), y, eps)
+    assert oim(e, y).item() == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\), got 1.0"):
+        SoftmaxLoss(6, 5, label_smoothing=1.0)
+
+
+def test_the_registry_holds_the_combinations():
+    assert set(CRITERIA) == {"oim", "softmax", "oim+triplet", "softmax+triplet"}
+
+
+@pytest.mark.parametrize("name", CRITERIA)
+def test_criteria_return_their_named_terms_on_the_fields_they_take(name):
+    x, y = random_batch(3, 2, 0, dim=6)
+    feature = 3 * torch.randn(len(y), 6)
+    out = SimpleNamespace(embedding=x, feature=feature)
+    criterion = combined(name, 6, 6, label_smoothing=0.1, triplet_weight=0.5)
+    terms = criterion(out, y)
+    assert sorted(terms) == sorted(["id", "triplet"] if "triplet" in name else ["id"])
+    kind = OIMLoss if name.startswith("oim") else SoftmaxLoss
+    assert isinstance(criterion.losses["id"], kind)
+    if "triplet" in name:
+        assert terms["triplet"].item() == pytest.approx(0.5 * triplet_loop(x, y, 0.3), rel=1e-5)
+    if kind is SoftmaxLoss:  # on the feature before the norm, through its batch normalisation
+        crit = criterion.losses["id"]
+        want = F.cross_entropy(crit.classifier(crit.bn(feature)), y, label_smoothing=0.1)
+        torch.testing.assert_close(terms["id"], want)
+
+
+def test_the_config_refuses_what_the_losses_cannot_train():
+    with pytest.raises(ValueError, match=r"loss='softmax\+triplet' needs two ids with two tracklets each.*"
+                                         r"tracklets_per_id=1"):
+        TrainConfig.create("synthetic", loss="softmax+triplet", tracklets_per_id=1)
+    with pytest.raises(ValueError, match=r"label_smoothing=1.0 must be in \[0, 1\)"):
+        TrainConfig.create("synthetic", label_smoothing=1.0)

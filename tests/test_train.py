@@ -65,13 +65,17 @@ def assert_same_weights(a, b):
         for k in a[part]:
             torch.testing.assert_close(a[part][k], b[part][k], rtol=0, atol=0, msg=f"{part}.{k}")
     for x, y in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        torch.testing.assert_close(x["momentum_buffer"], y["momentum_buffer"], rtol=0, atol=0)
+        assert x.keys() == y.keys()  # SGD's momentum buffer, Adam's moments and step count
+        for k in x:
+            torch.testing.assert_close(x[k], y[k], rtol=0, atol=0)
     assert a["scheduler"] == b["scheduler"]
 
 
-SCHEDULES = {  # name: flags, a run of 2 steps per epoch
+SCHEDULES = {  # name: flags, a run of 2 steps per epoch (OIM unless they say otherwise)
     "one stage": ["--epochs", "2"],
     "two stages": ["--stages", "3,4", "--epochs", "1,1"],
+    "augmented": ["--epochs", "2", "--augment", "crop,flip,erase", "--loss", "softmax+triplet", "--label-smoothing",
+                  "0.1", "--optimizer", "adam", "--lr", "3.5e-4", "--warmup-epochs", "1", "--diversity-form", "authors"],
 }
 _uninterrupted = {}
 
@@ -80,7 +84,7 @@ def uninterrupted(root, tmp_path_factory, schedule):
     """The reference: the schedule run in one go (cached per schedule for this module)."""
     if schedule not in _uninterrupted:
         out = tmp_path_factory.mktemp("full")
-        run(root, out, *SCHEDULES[schedule], "--deterministic", "--no-eval", "--loss", "oim")
+        run(root, out, "--loss", "oim", *SCHEDULES[schedule], "--deterministic", "--no-eval")
         _uninterrupted[schedule] = final_state(out)
     return _uninterrupted[schedule]
 
@@ -91,10 +95,11 @@ def uninterrupted(root, tmp_path_factory, schedule):
     ("one stage", 3, (0, 1, 1), 1),   # mid-epoch
     ("two stages", 2, (0, 1, 0), 1),  # the last step of a stage
     ("two stages", 3, (1, 0, 1), 1),  # mid-way into the second stage
+    ("augmented", 3, (0, 1, 1), 1),   # mid-epoch: augmentations, softmax + triplet, Adam, warmup, authors' Q
 ])
 def test_resume_from_max_steps_ends_with_the_weights_of_an_uninterrupted_run(tiny_root, tmp_path, tmp_path_factory,
                                                                             schedule, max_steps, where, ended):
-    flags = [*SCHEDULES[schedule], "--deterministic", "--no-eval", "--loss", "oim"]
+    flags = ["--loss", "oim", *SCHEDULES[schedule], "--deterministic", "--no-eval"]
     stopped = run(tiny_root, tmp_path, *flags, "--max-steps", str(max_steps))
     assert stopped["stopped"]
     state = final_state(tmp_path)
@@ -109,8 +114,8 @@ def test_resume_from_max_steps_ends_with_the_weights_of_an_uninterrupted_run(tin
     assert not resumed["stopped"]
     assert_same_weights(uninterrupted(tiny_root, tmp_path_factory, schedule), final_state(tmp_path))
     history = json.load(open(tmp_path / "metrics.json"))["history"]
-    assert [(r["stage"], r["epoch"]) for r in history] == ([(4, 1), (4, 2)] if schedule == "one stage"
-                                                          else [(3, 1), (4, 1)])
+    assert [(r["stage"], r["epoch"]) for r in history] == ([(3, 1), (4, 1)] if schedule == "two stages"
+                                                          else [(4, 1), (4, 2)])
 
 
 class Recorder(T.Hook):
@@ -258,17 +263,19 @@ class CreatedOn(torch.utils._python_dispatch.TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("loss", ["oim", "softmax"])
-def test_train_step_never_reads_the_device_nor_makes_host_tensors(loss):
+@pytest.mark.parametrize("loss, recipe", [("oim", "paper"), ("softmax", "paper"), ("softmax+triplet", "strong")])
+def test_train_step_never_reads_the_device_nor_makes_host_tensors(loss, recipe):
     """The step on the meta device: tensors there have no values, so any host sync (.item(),
     bool(tensor), a data-dependent shape) would raise, and a tensor made on the host shows up."""
-    cfg = TrainConfig.create("synthetic", arch="resnet18", heads=2, hidden=8, frames=3, loss=loss)
+    # (Adam keeps its step count on the host off a GPU, and on the device there: stafast.optim.adam)
+    cfg = TrainConfig.create("synthetic", arch="resnet18", heads=2, hidden=8, frames=3, loss=loss, recipe=recipe,
+                             optimizer="sgd")
     meta = torch.device("meta")
     stage = T.build_trainable(cfg, 4, 5, meta)
     clips, pids = torch.randn(4, 3, 3, 32, 16, device=meta), torch.zeros(4, dtype=torch.long, device=meta)
     with CreatedOn() as mode:
         for _ in range(2):
-            T.train_step(stage, clips, pids, 1.0)
+            T.train_step(stage, clips, pids, 1.0, diversity_form="authors" if recipe == "strong" else "mean")
     assert mode.host_ops == []
     assert stage.meter.window.device == meta and stage.meter.window_steps == 2
 
@@ -429,9 +436,12 @@ def test_help_shows_the_real_defaults_and_the_registries(capsys):
         T.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "ResNet backbone (default: resnet50; with --dataset synthetic: resnet18)" in text
-    assert "(default: 1,2,3; with --dataset synthetic: 4)" in text and "(default: 50)" in text
+    assert "(default: 1,2,3; with --dataset synthetic: 4; with --recipe strong: 4)" in text and "(default: 50)" in text
     assert "{" + ",".join(DATASET_NAMES) + "}" in text and "{auto,dali,torch}" in text
-    assert "{auto,reference,triton,ext}" in text and "{" + ",".join(PROTOCOLS) + "}" in text and "{oim,softmax}" in text
+    assert "{auto,reference,triton,ext}" in text and "{" + ",".join(PROTOCOLS) + "}" in text
+    assert "{oim,softmax,oim+triplet,softmax+triplet}" in text and "{sgd,adam}" in text
+    assert "Precedence: an explicit flag > the recipe > --dataset synthetic's preset > the default" in text
+    assert "with --recipe strong: adam" in text
 
 
 def test_config_presets_and_checks():

@@ -13,7 +13,8 @@ import torch
 from stafast import embed
 from stafast import evaluate as E
 from stafast import train as T
-from stafast.data import ClipPlan, DatasetError, VideoFiles, build_loader, dali_available, load_dataset, synth
+from stafast.data import (Augmentation, ClipPlan, DatasetError, VideoFiles, build_loader, dali_available, load_dataset,
+                          synth)
 from stafast.data.frames import to_model_input
 from stafast.data.manifest import write_manifest
 from stafast.data.video import decode, probe, video_tracklet, write_video
@@ -188,7 +189,7 @@ def test_truncated_video_raises_with_its_path_or_is_skipped(mjpeg_set, tmp_path,
     loader = build_loader(plan, 3, 32, 16, pipeline=pipeline, workers=1, on_error="skip")
     (batch,) = list(loader)
     assert batch["bad_frames"] == loader.bad_frames == n - bad.readable
-    last = to_model_input(decode(bad.path, [bad.readable - 1]), 32, 16, flip=False)[0]
+    last = to_model_input(decode(bad.path, [bad.readable - 1]), 32, 16)[0]
     for i in range(bad.readable, n):  # the missing frames are the last readable one
         torch.testing.assert_close(batch["clips"][0, i], last, rtol=0, atol=1e-4)
     assert not torch.equal(batch["clips"][0, 0], last)
@@ -228,11 +229,11 @@ def test_video_shorter_than_the_clip_repeats_its_frames(tmp_path):
     path = write_video(str(tmp_path / "two.webm"), frames_of(2), "vp9")
     t = video_tracklet(path, 1, 1)
     for mode in ("train", "test"):
-        (batch,) = list(build_loader(ClipPlan([t], 6, mode, seed=3, flip=False), 1, 32, 16, pipeline="torch",
-                                     workers=0))
+        plan = ClipPlan([t], 6, mode, seed=3, augment=Augmentation())
+        (batch,) = list(build_loader(plan, 1, 32, 16, pipeline="torch", workers=0))
         clip = batch["clips"][0]
         assert clip.shape == (6, 3, 32, 16)
-        frames = to_model_input(decode(path, [0, 1]), 32, 16, flip=False)
+        frames = to_model_input(decode(path, [0, 1]), 32, 16)
         for i, j in enumerate([0, 0, 0, 1, 1, 1]):  # chunk n of 2 frames into 6 is frame floor(2n / 6)
             torch.testing.assert_close(clip[i], frames[j], rtol=0, atol=1e-5)
 

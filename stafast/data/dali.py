@@ -3,7 +3,9 @@
 A parallel external source (Python worker processes, spawned: forking a process that already
 runs threads, as torch's, can deadlock the children) reads encoded bytes from the ClipPlan, and
 DALI decodes them ("mixed" on the GPU when a GPU is used, "cpu" otherwise), resizes linearly (no
-antialias, half-pixel centres, as the torch path), flips whole clips and normalises:
+antialias, half-pixel centres, as the torch path), augments whole clips as the plan says (crop
+with fn.slice, flip with the mirror of fn.crop_mirror_normalize, erase with fn.erase, their
+arguments per sample from the source: the torch path's clips to 1e-3 grey levels) and normalises:
 - frame files: one DALI sample per frame, decoded by `fn.decoders.image` (nvJPEG on the GPU); a
   DALI batch holds B clips x N frames, which the loader reshapes to (B, N, 3, H, W);
 - video files: one DALI sample per clip, the file's bytes with the N frame indices the plan
@@ -37,7 +39,7 @@ from ..extras import require
 from .dali_guard import image_bytes, video_bytes
 from .datasets import DatasetError, is_video
 from .frames import MEAN, STD, read_image, read_nearest
-from .plan import ClipPlan, check_start
+from .plan import ClipAugment, ClipPlan, check_start
 from .video import CPU_CODECS, decode, readable_indices
 
 
@@ -50,6 +52,19 @@ def dali_decodes(plan: ClipPlan, gpu: bool) -> str | None:
         return None
     return (f"DALI's CPU video decoder takes {'/'.join(CPU_CODECS)}, but {other.path} is {other.codec or 'unknown'}: "
             "decode it with the torch pipeline (PyAV) or on a GPU (NVDEC)")
+
+
+def augment_arguments(augment: ClipAugment, names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+    """A clip's augmentation as the per-sample arguments of the pipeline's operators: the mirror
+    flag, then for the plan's augmentation `names` the crop window's start (y, x) for fn.slice and
+    the erased box's start and shape for fn.erase (empty: nothing erased)."""
+    out = [np.array(int(augment.flip), dtype=np.int32)]
+    if "crop" in names:
+        out.append(np.array(augment.crop or (0, 0), dtype=np.int32))
+    if "erase" in names:
+        erase = np.array(augment.erase or (), dtype=np.float32).reshape(-1, 2)
+        out += [erase[:1].ravel(), erase[1:].ravel()]
+    return tuple(out)
 
 
 class _FrameSource:
@@ -77,9 +92,9 @@ class _FrameSource:
         if position >= self.padded:
             raise StopIteration
         length = len(self.plan.order(epoch))
-        t, idx, flip = self.plan.sample(epoch, min(position, length - 1))  # the last test batch is padded
+        t, idx, augment = self.plan.sample(epoch, min(position, length - 1))  # the last test batch is padded
         data, bad = self._read(t, idx.ravel(), slot)
-        return (*data, np.array(int(flip), dtype=np.int32), np.array(t.pid, dtype=np.int64),
+        return (*data, *augment_arguments(augment, self.plan.augment.names), np.array(t.pid, dtype=np.int64),
                 np.array(t.camid, dtype=np.int64), np.array(bad, dtype=np.int32))
 
     def _read(self, t, idx, slot):
@@ -134,6 +149,7 @@ class DALIClipLoader:
             raise ValueError("the DALI pipeline takes train/test clips; use the torch path for all-frames mode")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        plan.augment.check_size(height, width)
         self.plan, self.batch_size, self.height, self.width = plan, batch_size, height, width
         # DALI's own threads (decoding on the CPU; on a GPU, the host part of nvJPEG): half the cores, 2 to 8
         threads = threads or max(2, min(8, (os.cpu_count() or 2) // 2))
@@ -173,20 +189,27 @@ class DALIClipLoader:
                       device_id=self.device_id, py_num_workers=max(1, self.workers), py_start_method="spawn",
                       seed=self.plan.seed)
         def pipe():
+            augment = self.plan.augment.names  # in the order of plan.py: crop, flip (mirror), erase
+            arguments = 1 + ("crop" in augment) + 2 * ("erase" in augment)  # see augment_arguments
+            outputs = list(fn.external_source(source=source, num_outputs=(2 if self.video else 1) + arguments + 3,
+                                              batch=False, parallel=True))
             if self.video:  # (N, H0, W0, 3) per clip
-                data, frames, flip, pid, camid, bad = fn.external_source(source=source, num_outputs=6, batch=False,
-                                                                         parallel=True)
-                images = fn.decoders.video(data, device=decoder, frames=frames)
+                images = fn.decoders.video(outputs.pop(0), device=decoder, frames=outputs.pop(0))
                 layout = "FCHW"
             else:  # (H0, W0, 3) per frame
-                data, flip, pid, camid, bad = fn.external_source(source=source, num_outputs=5, batch=False,
-                                                                 parallel=True)
-                images = fn.decoders.image(data, device=decoder, output_type=types.RGB)
+                images = fn.decoders.image(outputs.pop(0), device=decoder, output_type=types.RGB)
                 layout = "CHW"
+            flip = outputs.pop(0)
             images = fn.resize(images, resize_x=self.width, resize_y=self.height, interp_type=types.INTERP_LINEAR,
                                antialias=False, dtype=types.FLOAT)  # no uint8 rounding, as the torch path
+            if "crop" in augment:  # outside the frame: black, before normalisation
+                images = fn.slice(images, start=outputs.pop(0), shape=[self.height, self.width], axis_names="HW",
+                                  out_of_bounds_policy="pad", fill_values=0.0)
             clips = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout=layout, mirror=flip,
                                              mean=[m * 255 for m in MEAN], std=[s * 255 for s in STD])
+            if "erase" in augment:  # the mean colour: 0 after normalisation
+                clips = fn.erase(clips, anchor=outputs.pop(0), shape=outputs.pop(0), axis_names="HW", fill_value=0.0)
+            pid, camid, bad = outputs
             return clips, pid, camid, bad
 
         self.pipe = pipe()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .datasets import DatasetError, VideoTracklet
+from .plan import NO_AUGMENT, ClipAugment
 from .video import read_clip as read_video_clip
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, of RGB in [0, 1]
@@ -59,18 +60,27 @@ def read_clip(t, idx: np.ndarray, on_error: str = "raise") -> tuple[np.ndarray, 
     return np.stack([im for im, _ in loaded]), sum(b for _, b in loaded)
 
 
-def to_model_input(frames: np.ndarray, height: int, width: int, flip: bool) -> torch.Tensor:
+def to_model_input(frames: np.ndarray, height: int, width: int, augment: ClipAugment = NO_AUGMENT) -> torch.Tensor:
     """(N, H0, W0, 3) uint8 -> (N, 3, height, width) float32: bilinear resize (half-pixel centres, no
-    antialias, as DALI's linear resize), optional horizontal flip, ImageNet normalisation."""
+    antialias, as DALI's linear resize), the clip's augmentation (plan.py: crop, flip, then erase
+    after the ImageNet normalisation), the same for every frame."""
     # Read-only arrays (a repeated frame) are copied: torch wants writable memory even to read it.
     x = torch.from_numpy(np.require(frames, requirements="W")).permute(0, 3, 1, 2).float()
     if x.shape[-2:] != (height, width):
         x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
-    if flip:
+    if augment.crop is not None:
+        top, left = augment.crop
+        pad = max(abs(top), abs(left))
+        x = F.pad(x, (pad, pad, pad, pad))[..., pad + top:pad + top + height, pad + left:pad + left + width]
+    if augment.flip:
         x = x.flip(-1)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
     std = torch.tensor(STD).view(1, 3, 1, 1) * 255
-    return (x - mean) / std
+    x = (x - mean) / std
+    if augment.erase is not None:
+        top, left, h, w = augment.erase
+        x[..., top:top + h, left:left + w] = 0.0  # the mean colour
+    return x
 
 
 def denormalise(frame: torch.Tensor) -> torch.Tensor:

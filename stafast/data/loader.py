@@ -26,6 +26,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def __init__(self, plan: ClipPlan, height: int = 256, width: int = 128, on_error: str = "raise"):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        plan.augment.check_size(height, width)
         self.plan, self.height, self.width, self.on_error = plan, height, width, on_error
         self.epoch, self.start = 0, 0
 
@@ -36,9 +37,9 @@ class ClipDataset(torch.utils.data.Dataset):
         return max(0, len(self.plan.order(self.epoch)) - self.start)
 
     def __getitem__(self, index: int) -> dict:
-        t, idx, flip = self.plan.sample(self.epoch, self.start + index)
+        t, idx, augment = self.plan.sample(self.epoch, self.start + index)
         frames, bad = read_clip(t, idx, self.on_error)
-        clip = to_model_input(frames, self.height, self.width, flip)
+        clip = to_model_input(frames, self.height, self.width, augment)
         clip = clip.view(*idx.shape, 3, self.height, self.width)
         return {"clips": clip, "pids": t.pid, "camids": t.camid, "bad_frames": bad}
 

@@ -1,6 +1,7 @@
 """Synthetic video re-ID data in exactly the published layouts of MARS, iLIDS-VID and PRID2011.
 
     python -m stafast.data.synth --layout mars --out DIR [--ids 16 --test-ids 16 --cameras 3 ...]
+    python -m stafast.data.synth --layout mars --out DIR --part-occlusion 0.3 --misalignment 0.1 --clutter 3 ...
     python -m stafast.data.synth --layout mars --out DIR --mars-structure ../shared/data/mars/info
     python -m stafast.data.synth --layout ilidsvid --out DIR
     python -m stafast.data.synth --layout prid2011 --out DIR --prid-splits ../shared/data/prid2011/splits_prid2011.json
@@ -11,7 +12,10 @@ People are drawn from an identity seed: head (skin, hair, optional hat), torso (
 texture: solid, stripes or checks), legs, shoes, and an optional bag on one side.  Across the
 frames of a tracklet the figure shifts, scales and swings its legs; a camera sets the background
 and the light; occluders (a post, a passer-by, a car) cover part of the person in some frames, so
-that part-based attention has something to find.  All randomness comes from --seed.
+that part-based attention has something to find.  All randomness comes from --seed.  The MARS
+layout's difficulty is a parameter (`Difficulty`: body parts occluded per frame, misalignment,
+background clutter, camera colour casts; and the numbers of ids, distractors and queries);
+`--dataset synthetic` generates SYNTHETIC_SET into a cache folder named after its parameters.
 
 `--mars-structure INFO` rebuilds the real MARS track tables (all 8,298 + 12,180 tracklets with
 their real pids, cameras and the 1,980 queries), with at most --max-frames tiny frames each.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -68,16 +73,70 @@ def person_style(seed: int) -> Style:
                  width=float(rng.uniform(0.45, 0.65)))
 
 
-def render(style: Style, h: int, w: int, cam: int, t: int, rng: np.random.Generator, occlusion: float = 0.3) -> np.ndarray:
-    """One frame (h, w, 3) uint8 of a person with `style` seen by camera `cam` at time t."""
+@dataclass(frozen=True)
+class Difficulty:
+    """What makes the MARS-layout set hard, beyond the scene occluders (`occlusion`); all off by
+    default, the set before these parameters existed.  Each targets a component of the paper:
+    - part_occlusion: probability that a frame has one body part (head and shoulders, torso or
+      legs) covered by a passer-by in palette colours, so a part is missing in some frames of a
+      tracklet and present in others (what per-part temporal attention, Eqs. 11-13, can weigh);
+    - misalignment: the figure's per-frame offset (a fraction of the frame) and scale change
+      (1 +- misalignment) on top of the walk, as a jittery detector gives (what soft spatial
+      attention, Eqs. 1-3, follows and fixed pooling cells do not);
+    - clutter: background objects per tracklet in palette colours, some person-sized, which
+      global average pooling mixes into the feature and attention can ignore;
+    - light: per-camera colour cast, channel gains in 1 +- light (cross-camera matching)."""
+    part_occlusion: float = 0.0
+    misalignment: float = 0.0
+    clutter: int = 0
+    light: float = 0.0
+
+    def __post_init__(self):
+        if not (0 <= self.part_occlusion <= 1 and 0 <= self.misalignment < 0.5 and self.clutter >= 0
+                and 0 <= self.light < 1):
+            raise ValueError(f"Difficulty: part_occlusion in [0, 1], misalignment in [0, 0.5), clutter >= 0 and "
+                             f"light in [0, 1) expected, got {self}")
+
+
+@dataclass
+class Scene:
+    """What stays fixed over one tracklet: its difficulty, its clutter boxes (y0, y1, x0, x1 as
+    fractions of the frame, colour) and the offset of its figure."""
+    difficulty: Difficulty
+    clutter: list
+    offset: tuple[float, float]
+
+
+def draw_scene(difficulty: Difficulty, rng: np.random.Generator) -> Scene:
+    boxes = []
+    for _ in range(difficulty.clutter):
+        hh, ww = rng.uniform(0.1, 0.6), rng.uniform(0.1, 0.4)
+        y0, x0 = rng.uniform(0, 1 - hh), rng.uniform(-0.1, 1 - ww + 0.1)
+        boxes.append((y0, y0 + hh, x0, x0 + ww, PALETTE[rng.integers(len(PALETTE))] + rng.normal(0, 12, 3)))
+    m = difficulty.misalignment
+    return Scene(difficulty, boxes, (rng.uniform(-m, m), rng.uniform(-m, m) / 2) if m else (0.0, 0.0))
+
+
+def render(style: Style, h: int, w: int, cam: int, t: int, rng: np.random.Generator, occlusion: float = 0.3,
+           scene: Scene | None = None) -> np.ndarray:
+    """One frame (h, w, 3) uint8 of a person with `style` seen by camera `cam` at time t, in `scene`
+    (default: no clutter, part occlusion, misalignment or colour cast)."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     cam_rng = np.random.default_rng(1000 + cam)
     bg = cam_rng.uniform(60, 200, 3) * (0.8 + 0.4 * yy[..., None] / h)
     img = np.broadcast_to(bg, (h, w, 3)).astype(np.float32).copy()
+    hard = scene.difficulty if scene is not None else Difficulty()
+    for y0, y1, x0, x1, colour in scene.clutter if scene is not None else ():
+        img[int(y0 * h):int(np.ceil(y1 * h)), max(0, int(x0 * w)):max(0, int(np.ceil(x1 * w)))] = colour
     scale = rng.uniform(0.85, 1.0)
-    ph, pw = h * 0.92 * scale, w * style.width * scale
     cx = w / 2 + rng.uniform(-0.08, 0.08) * w
     top = h * 0.04 + rng.uniform(0, 0.04) * h + abs(np.sin(t * 0.9)) * 0.02 * h
+    if hard.misalignment:  # the tracklet's offset, then this frame's jitter and scale change
+        m = hard.misalignment
+        scale *= rng.uniform(1 - m, 1 + m / 2)
+        cx += (scene.offset[0] + rng.uniform(-m, m) / 2) * w
+        top += (scene.offset[1] + rng.uniform(-m, m) / 4) * h
+    ph, pw = h * 0.92 * scale, w * style.width * scale
 
     def box(y0, y1, x0, x1, colour):
         m = (yy >= top + y0 * ph) & (yy < top + y1 * ph) & (xx >= cx + x0 * pw) & (xx < cx + x1 * pw)
@@ -106,6 +165,11 @@ def render(style: Style, h: int, w: int, cam: int, t: int, rng: np.random.Genera
         side = 1 if style.bag_side else -1
         x0, x1 = (0.42, 0.75) if side > 0 else (-0.75, -0.42)
         box(0.34, 0.6, x0, x1, style.bag)
+    if hard.part_occlusion and rng.random() < hard.part_occlusion:  # a passer-by covers one body part
+        y0, y1 = ((-0.02, 0.2), (0.14, 0.56), (0.5, 1.02))[rng.integers(3)]
+        colour = PALETTE[rng.integers(len(PALETTE))] + rng.normal(0, 12, 3)
+        img[max(0, int(top + y0 * ph)):max(0, int(top + y1 * ph)),
+            max(0, int(cx - 0.8 * pw)):max(0, int(cx + 0.8 * pw))] = colour
     if rng.random() < occlusion:  # a post, a passer-by or a car covers part of the person
         kind = rng.integers(3)
         colour = rng.uniform(30, 220, 3)
@@ -117,13 +181,17 @@ def render(style: Style, h: int, w: int, cam: int, t: int, rng: np.random.Genera
             img[int(y0):int(y0 + rng.uniform(0.25, 0.45) * h)] = colour
         else:
             img[int(rng.uniform(0.55, 0.75) * h):] = colour
+    if hard.light:
+        img *= 1 + hard.light * cam_rng.uniform(-1, 1, 3)
     img += rng.normal(0, 6, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def write_sequence(paths: list[str], style: Style, h: int, w: int, cam: int, rng, occlusion: float, quality=90):
+def write_sequence(paths: list[str], style: Style, h: int, w: int, cam: int, rng, occlusion: float, quality=90,
+                   difficulty: Difficulty | None = None):
+    scene = draw_scene(difficulty, rng) if difficulty is not None else None
     for t, path in enumerate(paths):
-        img = Image.fromarray(render(style, h, w, cam, t, rng, occlusion))
+        img = Image.fromarray(render(style, h, w, cam, t, rng, occlusion, scene))
         if path.endswith(".jpg"):
             img.save(path, quality=quality)
         else:
@@ -134,7 +202,8 @@ def _mars_folder(pid: int) -> str:
     return "00-1" if pid == -1 else f"{pid:04d}"
 
 
-def _write_mars_split(out: str, split: str, tracks: list[tuple[int, int, int]], size, seed, occlusion):
+def _write_mars_split(out: str, split: str, tracks: list[tuple[int, int, int]], size, seed, occlusion,
+                      difficulty: Difficulty | None = None):
     """tracks: (pid, cam, frames) in name-list order.  Writes images and the name list; returns rows."""
     h, w = size
     names, rows, counters = [], [], {}
@@ -150,7 +219,8 @@ def _write_mars_split(out: str, split: str, tracks: list[tuple[int, int, int]], 
         style = person_style(style_seed)
         if pid == -1:  # junk: a detector false alarm, mostly background
             style.width = 0.1
-        write_sequence([os.path.join(out, f"bbox_{split}", folder, f) for f in frames], style, h, w, cam, rng, occlusion)
+        write_sequence([os.path.join(out, f"bbox_{split}", folder, f) for f in frames], style, h, w, cam, rng, occlusion,
+                       difficulty=difficulty)
     if names != sorted(names):
         raise AssertionError("MARS name list must be sorted by folder then file name")
     with open(os.path.join(out, "info", f"{split}_name.txt"), "w") as f:
@@ -173,50 +243,77 @@ def _sort_key(track):
 
 def make_mars(out: str, ids: int = 16, test_ids: int = 16, cameras: int = 3, tracklets: int = 2,
               frames: tuple[int, int] = (8, 16), size=(128, 64), distractors: int = 4, junk: int = 2,
-              seed: int = 0, occlusion: float = 0.3) -> str:
-    """A small MARS tree: every id is seen by 2..cameras cameras with `tracklets` tracklets each."""
+              seed: int = 0, occlusion: float = 0.3, difficulty: Difficulty | None = None,
+              queries: int | None = None, test_tracklets: int | None = None) -> str:
+    """A small MARS tree: every id is seen by 2..cameras cameras with `tracklets` tracklets each
+    (`test_tracklets` for the test ids, default the same).  Queries: one tracklet per camera of
+    each test id seen in two or more cameras, or a random `queries` of those; `difficulty`: see
+    Difficulty (None: none of it)."""
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(out, "info"), exist_ok=True)
 
-    def tracks_for(pids):
+    def tracks_for(pids, per_camera):
         out_tracks = []
         for pid in pids:
             cams = sorted(rng.choice(np.arange(1, cameras + 1), size=int(rng.integers(2, cameras + 1)), replace=False))
             for cam in cams:
-                out_tracks += [(int(pid), int(cam), int(rng.integers(frames[0], frames[1] + 1))) for _ in range(tracklets)]
+                out_tracks += [(int(pid), int(cam), int(rng.integers(frames[0], frames[1] + 1))) for _ in range(per_camera)]
         return out_tracks
 
-    train = tracks_for(range(1, ids + 1))
+    train = tracks_for(range(1, ids + 1), tracklets)
     test_pids = range(ids + 1, ids + test_ids + 1)
-    test = tracks_for(test_pids)
+    test = tracks_for(test_pids, tracklets if test_tracklets is None else test_tracklets)
     test += [(0, int(rng.integers(1, cameras + 1)), int(rng.integers(frames[0], frames[1] + 1))) for _ in range(distractors)]
     test += [(-1, int(rng.integers(1, cameras + 1)), int(rng.integers(1, 4))) for _ in range(junk)]
     test.sort(key=_sort_key)  # name-list order: folder ("00-1" < "0000" < "0001"...), then camera
-    train_rows = _write_mars_split(out, "train", train, size, seed, occlusion)
-    test_rows = _write_mars_split(out, "test", test, size, seed, occlusion)
+    train_rows = _write_mars_split(out, "train", train, size, seed, occlusion, difficulty)
+    test_rows = _write_mars_split(out, "test", test, size, seed, occlusion, difficulty)
     query = []
     for pid in test_pids:  # one query per camera for every id seen in two or more cameras
         rows = np.flatnonzero(test_rows[:, 2] == pid)
         cams = sorted(set(test_rows[rows, 3]))
         if len(cams) >= 2:
             query += [int(rng.choice(rows[test_rows[rows, 3] == c])) + 1 for c in cams]
+    if queries is not None and queries < len(query):
+        query = list(rng.choice(query, queries, replace=False))
     _save_mars_info(out, train_rows, test_rows, sorted(query))
     return out
 
 
-def cached_mars(root: str | None = None, seed: int = 0) -> str:
+# The generator's version: bump it whenever make_mars draws other images for the same parameters,
+# so that no cache written by an older generator is ever read (its folder name changes).
+GENERATOR_VERSION = 2
+
+# `--dataset synthetic` and `make demo`: sized so that the paper's model lands well below
+# saturation on 2 CPU cores in a few minutes, with enough queries to tell its components apart
+# (README, "Quick start"; bench/README.md, component analysis).
+SYNTHETIC_SET = dict(ids=32, test_ids=100, cameras=3, tracklets=2, test_tracklets=1, frames=(8, 16), size=(128, 64),
+                     distractors=20, junk=2, occlusion=0.3, queries=None,
+                     difficulty=Difficulty(part_occlusion=0.2, misalignment=0.05, clutter=1, light=0.1))
+
+
+def cache_name(params: dict, seed: int) -> str:
+    """The cache folder of the set make_mars(**params, seed=seed) writes: the generator's version and
+    a hash of every parameter, so that another generator or another parameter never reads it."""
+    described = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in params.items()}
+    digest = hashlib.sha1(json.dumps(described, sort_keys=True).encode()).hexdigest()[:10]
+    return f"synthetic-mars-g{GENERATOR_VERSION}-{digest}-s{seed}"
+
+
+def cached_mars(root: str | None = None, seed: int = 0, params: dict | None = None) -> str:
     """The synthetic MARS-layout set of `--dataset synthetic`: `root` if it holds one, else generated
-    once (24 training and 24 test ids, 3 cameras, 128x64 frames) into `root` or, without one, into
-    $STAFAST_CACHE (default ~/.cache/stafast)/synthetic-mars-s<seed>."""
+    once with `params` (default SYNTHETIC_SET) into `root` or, without one, into $STAFAST_CACHE
+    (default ~/.cache/stafast)/cache_name(params, seed)."""
     if root and os.path.isdir(os.path.join(root, "info")):
         return root
+    params = SYNTHETIC_SET if params is None else params
     root = root or os.path.join(os.environ.get("STAFAST_CACHE", os.path.expanduser("~/.cache/stafast")),
-                                f"synthetic-mars-s{seed}")
+                                cache_name(params, seed))
     if not os.path.isdir(os.path.join(root, "info")):
         parent = os.path.dirname(os.path.abspath(root))
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(dir=parent, prefix=".synth-")
-        make_mars(tmp, ids=24, test_ids=24, cameras=3, tracklets=2, frames=(8, 16), size=(128, 64), seed=seed)
+        make_mars(tmp, seed=seed, **params)
         try:
             os.rename(tmp, root)  # atomic: a concurrent or killed generation never leaves half a tree
         except OSError:
@@ -514,6 +611,14 @@ def main(argv=None) -> str:
     p.add_argument("--height", type=int, help="default 128 (--mars-structure: 16)")
     p.add_argument("--width", type=int, help="default 64 (--mars-structure: 8)")
     p.add_argument("--occlusion", type=float, default=0.3, help="probability that a frame has an occluder")
+    p.add_argument("--part-occlusion", type=float, default=0.0,
+                   help="mars: probability that a frame has one body part covered (see Difficulty)")
+    p.add_argument("--misalignment", type=float, default=0.0, help="mars: per-frame offset and scale jitter (fraction)")
+    p.add_argument("--clutter", type=int, default=0, help="mars: background objects per tracklet")
+    p.add_argument("--light", type=float, default=0.0, help="mars: per-camera colour cast, gains in 1 +- LIGHT")
+    p.add_argument("--distractors", type=int, default=4, help="mars: distractor tracklets (pid 0) in the gallery")
+    p.add_argument("--queries", type=int, help="mars: at most this many query tracklets (default: one per camera "
+                                               "of every test id seen in two or more)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mars-structure", metavar="INFO", help="rebuild the real MARS tables from this info/ folder")
     p.add_argument("--prid-splits", metavar="JSON", help="prid2011: the published split file to use")
@@ -528,7 +633,9 @@ def main(argv=None) -> str:
     if a.layout == "mars" and a.mars_structure:
         out = make_mars_structure(a.out, a.mars_structure, a.max_frames, size, a.seed)
     elif a.layout == "mars":
-        out = make_mars(a.out, a.ids, a.test_ids, a.cameras, a.tracklets, frames, size, seed=a.seed, occlusion=a.occlusion)
+        difficulty = Difficulty(a.part_occlusion, a.misalignment, a.clutter, a.light)
+        out = make_mars(a.out, a.ids, a.test_ids, a.cameras, a.tracklets, frames, size, a.distractors, seed=a.seed,
+                        occlusion=a.occlusion, difficulty=difficulty, queries=a.queries)
     elif a.layout == "videos":
         out = make_videos(a.out, a.ids, a.test_ids, a.cameras, a.tracklets, frames, size, seed=a.seed,
                           occlusion=a.occlusion, codec=a.codec, gop=a.gop)

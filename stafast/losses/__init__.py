@@ -1,5 +1,6 @@
-"""stafast.losses: OIM (the paper's, Sec. 3.5) and softmax cross-entropy (a classifier on the
-batch-normalised feature before the L2 norm), and the registry of training losses (--loss).
+"""stafast.losses: OIM (the paper's, Sec. 3.5), softmax cross-entropy (a classifier on the
+batch-normalised feature before the L2 norm), the batch-hard triplet loss, and the registry of
+training losses (--loss).
 
 LOSSES maps a --loss name to a builder(cfg, num_classes) -> Criterion, where cfg is the run's
 TrainConfig (read by attribute: its fields hold each loss's options) and num_classes the training
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .diversity import DIVERSITY_FORMS, diversity_term
 from .oim import OIMLoss
 from .softmax import SoftmaxLoss
+from .triplet import TripletLoss
 
 RESERVED = ("loss", "diversity")  # what the trainer records beside a criterion's terms: the total, the Q term
 
@@ -52,17 +55,39 @@ class Criterion(nn.Module):
         return f"weights={self.weights}"
 
 
+def _oim(cfg, num_classes: int) -> OIMLoss:
+    return OIMLoss(cfg.embed_dim, num_classes, cfg.oim_scalar, cfg.oim_momentum, label_smoothing=cfg.label_smoothing)
+
+
+def _softmax(cfg, num_classes: int) -> SoftmaxLoss:
+    return SoftmaxLoss(cfg.embed_dim, num_classes, label_smoothing=cfg.label_smoothing)
+
+
+def _with_triplet(id_loss: nn.Module, cfg) -> Criterion:
+    return Criterion({"id": id_loss, "triplet": TripletLoss(cfg.triplet_margin)}, {"triplet": cfg.triplet_weight})
+
+
 def oim(cfg, num_classes: int) -> Criterion:
     """the paper's OIM, on the L2-normalised embedding"""
-    return Criterion({"id": OIMLoss(cfg.embed_dim, num_classes, cfg.oim_scalar, cfg.oim_momentum)})
+    return Criterion({"id": _oim(cfg, num_classes)})
 
 
 def softmax(cfg, num_classes: int) -> Criterion:
     """cross-entropy of a classifier on the batch-normalised feature before the L2 norm"""
-    return Criterion({"id": SoftmaxLoss(cfg.embed_dim, num_classes)})
+    return Criterion({"id": _softmax(cfg, num_classes)})
 
 
-LOSSES = {"oim": oim, "softmax": softmax}
+def oim_triplet(cfg, num_classes: int) -> Criterion:
+    """OIM plus the batch-hard triplet loss on the embedding"""
+    return _with_triplet(_oim(cfg, num_classes), cfg)
+
+
+def softmax_triplet(cfg, num_classes: int) -> Criterion:
+    """softmax plus the batch-hard triplet loss on the embedding (a BNNeck, Luo et al. 2019)"""
+    return _with_triplet(_softmax(cfg, num_classes), cfg)
+
+
+LOSSES = {"oim": oim, "softmax": softmax, "oim+triplet": oim_triplet, "softmax+triplet": softmax_triplet}
 
 
 def build_criterion(cfg, num_classes: int) -> Criterion:
@@ -73,4 +98,5 @@ def build_criterion(cfg, num_classes: int) -> Criterion:
     return criterion
 
 
-__all__ = ["LOSSES", "RESERVED", "Criterion", "OIMLoss", "SoftmaxLoss", "build_criterion"]
+__all__ = ["DIVERSITY_FORMS", "LOSSES", "RESERVED", "Criterion", "OIMLoss", "SoftmaxLoss", "TripletLoss",
+           "build_criterion", "diversity_term"]

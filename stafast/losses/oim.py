@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .softmax import check_label_smoothing
+
 
 class _OIMLogits(torch.autograd.Function):
     @staticmethod
@@ -71,17 +73,20 @@ class OIMLoss(nn.Module):
         scalar: logit scale (1 / temperature); 10 to 30 are common.
         momentum: LUT update momentum (0.5 in the paper's setting).
         queue_size: slots of the circular queue for unlabeled samples (label -1); 0 disables it.
+        label_smoothing: epsilon of the smoothed cross-entropy (Szegedy et al., 2016): the target puts
+            1 - epsilon on the true id and spreads epsilon evenly over all the columns (LUT and queue).
     """
 
     takes = "embedding"  # which STAOutput field the trainer passes: the L2-normalised embedding
 
     def __init__(self, num_features: int, num_classes: int, scalar: float = 30.0, momentum: float = 0.5,
-                 queue_size: int = 0):
+                 queue_size: int = 0, label_smoothing: float = 0.0):
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"OIMLoss: momentum must be in [0, 1), got {momentum}")
+        check_label_smoothing("OIMLoss", label_smoothing)
         self.num_features, self.num_classes = num_features, num_classes
-        self.scalar, self.momentum = float(scalar), float(momentum)
+        self.scalar, self.momentum, self.label_smoothing = float(scalar), float(momentum), float(label_smoothing)
         self.register_buffer("lut", torch.zeros(num_classes, num_features))
         self.register_buffer("queue", torch.zeros(queue_size, num_features))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
@@ -98,4 +103,4 @@ class OIMLoss(nn.Module):
         logits = _OIMLogits.apply(inputs, targets, self.lut, self.queue, self.queue_ptr, self.momentum)
         logits = logits * self.scalar
         # Queue columns are negatives only: CE over [LUT; CQ] with unlabeled rows ignored.
-        return F.cross_entropy(logits.float(), targets, ignore_index=-1)
+        return F.cross_entropy(logits.float(), targets, ignore_index=-1, label_smoothing=self.label_smoothing)
