@@ -251,7 +251,8 @@ def test_lsvid_bad_query_variable(copy):
 
 def test_lsvid_without_h5py_names_the_install(trees, monkeypatch):
     monkeypatch.setitem(sys.modules, "h5py", None)
-    with pytest.raises(ImportError, match=r"needs h5py: pip install 'stafast\[lsvid\]'"):
+    with pytest.raises(ImportError, match=r"info_test.mat \(MATLAB v7.3, HDF5\) needs the module h5py.*"
+                                          r"pip install 'stafast\[hdf5\]'"):
         LSVID(trees["lsvid"])
 
 

@@ -183,7 +183,7 @@ def test_features_equal_the_dense_evaluation_on_random_data(protocol, quantised,
         nq, ng, dim = rng.integers(1, 30), rng.integers(1, 200), int(rng.integers(2, 7))
         qp, gp = rng.integers(1, 6, nq), rng.integers(-1, 6, ng)
         qc, gc = rng.integers(1, 4, nq), rng.integers(1, 4, ng)
-        attrs = ({"clothes": rng.integers(0, 2, nq)}, {"clothes": rng.integers(0, 2, ng)})
+        attrs = tuple({a: rng.integers(0, 2, n) for a in ("clothes", "location", "scale")} for n in (nq, ng))
         qf, gf = features(rng, nq, dim, quantised), features(rng, ng, dim, quantised)
         gf[: ng // 4] = qf[rng.integers(0, nq, ng // 4)]  # some gallery items are queries: distance 0, or -tiny
         blocks = dict(query_block=int(rng.integers(1, 9)), gallery_block=int(rng.integers(1, 60)))

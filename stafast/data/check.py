@@ -15,11 +15,12 @@ that the sources do not publish is left blank and not checked.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from dataclasses import dataclass, field
 
+from .. import cli
+from ..cli import option
 from .catalog import DATASET_NAMES, load_dataset
 from .datasets import DatasetError
 
@@ -181,12 +182,14 @@ def check(name: str, root: str, out=sys.stdout) -> int:
     return int(bool(problems))
 
 
+@dataclass(kw_only=True)
+class CheckConfig:
+    dataset: str = option(help="the dataset the tree should be", choices=DATASET_NAMES)
+    root: str = option(help="the dataset's folder, as unpacked")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stafast.data.check", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
-    p.add_argument("--root", required=True, help="the dataset's folder, as unpacked")
-    a = p.parse_args(argv)
+    a = cli.parse(CheckConfig, argv, module="stafast.data.check", description=__doc__)
     return check(a.dataset, a.root)
 
 

@@ -20,6 +20,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from ..extras import require
 from .datasets import DatasetError, Tracklet, VideoDataset, _need_dir, integer, read_rows, relabel
 
 LIST_DIRS = ("list_sequence", os.path.join("info", "list_sequence"))
@@ -38,11 +39,7 @@ def find(root: str, candidates: tuple[str, ...], what: str) -> str:
 
 def read_query_index(path: str, num_test: int) -> np.ndarray:
     """0-based test-list rows of the queries, from variable `query` of the v7.3 info_test.mat."""
-    try:
-        import h5py
-    except ImportError:
-        raise ImportError(f"reading LS-VID's {path} (MATLAB v7.3, HDF5) needs h5py: "
-                          "pip install 'stafast[lsvid]' (or pip install h5py)") from None
+    h5py = require("h5py", "hdf5", f"reading LS-VID's {path} (MATLAB v7.3, HDF5)")
     if not h5py.is_hdf5(path):
         raise DatasetError(f"{path} is not a MATLAB v7.3 (HDF5) file: expected LS-VID's info_test.mat with "
                            "the variable 'query'")
