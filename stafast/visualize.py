@@ -34,6 +34,7 @@ from .data import (DATASET_NAMES, ClipPlan, DatasetError, Tracklet, VideoTrackle
 from .data.datasets import _sorted_frames  # noqa: E402
 from .data.video import video_tracklet  # noqa: E402
 from .data.frames import denormalise  # noqa: E402
+from .data.plan import NO_AUGMENT  # noqa: E402
 from .evaluate import extract  # noqa: E402
 from .metrics import PROTOCOLS, evaluate  # noqa: E402
 
@@ -105,7 +106,7 @@ def attention_figure(model, clip: torch.Tensor, out: str, title: str = "") -> in
 
 def _middle_frame(t: Tracklet, height: int, width: int) -> np.ndarray:
     plan = ClipPlan([t], 1, "test")
-    plan.sample = lambda epoch, pos: (t, np.array([len(t) // 2]), False)  # the middle frame
+    plan.sample = lambda epoch, pos: (t, np.array([len(t) // 2]), NO_AUGMENT)  # the middle frame
     batch = next(iter(build_loader(plan, 1, height, width, pipeline="torch", workers=0)))
     return _image(batch["clips"][0, 0])
 

@@ -254,7 +254,7 @@ def test_every_damage_alike_in_both_pipelines(tmp_path, rng_seed, on_error):
         assert batch["bad_frames"] == bad == int(not readable), kind
         expected = read_image(t.frames[0 if readable else 1])
         assert bytes(data) == ppm(expected).tobytes() if readable else bytes(data) == open(t.frames[1], "rb").read()
-        torch.testing.assert_close(batch["clips"][0, 0], to_model_input(expected[None], 48, 24, False)[0])
+        torch.testing.assert_close(batch["clips"][0, 0], to_model_input(expected[None], 48, 24)[0])
 
 
 def test_video_container_check(tmp_path, rng_seed):
