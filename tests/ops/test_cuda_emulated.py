@@ -118,10 +118,12 @@ def check(op: str, shape: tuple, dtype_name: str, kind: str, seed: int, grid_y_l
         runs[name] = _outputs(torch.ops.stafast_emu, op, inputs, grads, extra)
     _configure()
     want = _outputs(reference, op, [t.double() for t in inputs], [g.double() for g in grads], extra)
+    spec = _outputs(reference, op, inputs, grads, extra)  # the dtypes and shapes the op must return
     (first, a), (second, b) = runs.items()
-    for i, (x, y, w) in enumerate(zip(a, b, want)):
+    for i, (x, y, w, z) in enumerate(zip(a, b, want, spec)):
         what = f"{op}{shape} {dtype_name} {kind} output {i}"
-        assert x.dtype == w.to(x.dtype).dtype and x.shape == w.shape, f"{what}: {x.dtype} {tuple(x.shape)}"
+        assert (x.dtype, x.shape) == (z.dtype, z.shape), f"{what}: {x.dtype} {tuple(x.shape)}, not {z.dtype} " \
+                                                         f"{tuple(z.shape)}"
         if not torch.equal(x, y):
             diff = (x.double() - y.double()).abs().max().item()
             raise AssertionError(f"{what} changes with the order the threads run in ({first} vs {second}: up to "
