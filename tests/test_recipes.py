@@ -80,7 +80,7 @@ def test_every_term_is_in_the_progress_bar_tensorboard_and_metrics(tiny_root, tm
                         lambda self, ordered_dict=None, **kw: postfixes.append({**(ordered_dict or {}), **kw}))
     from torch.utils.tensorboard import SummaryWriter
     monkeypatch.setattr(SummaryWriter, "add_scalar", lambda self, tag, *a, **kw: tags.add(tag))
-    run(tiny_root, tmp_path, "--epochs", "2", "--no-eval", "--loss", "softmax+triplet", "--log-every", "1",
+    run(tiny_root, tmp_path, "--epochs", "1", "--no-eval", "--loss", "softmax+triplet", "--log-every", "1",
         "--progress")
     assert postfixes and {"loss", "id", "triplet", "diversity", "lr", "clips_s"} <= set(postfixes[-1])
     assert {"loss/total", "loss/id", "loss/triplet", "loss/diversity"} <= tags
