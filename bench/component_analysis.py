@@ -1,6 +1,6 @@
 """The paper's component analysis (Tables 1 and 2) on the synthetic set, and the strong baseline.
 
-    nice -n 15 python bench/component_analysis.py --seeds 0 1 2 --out bench/results/components
+    nice -n 15 python bench/component_analysis.py --seeds 0 1 2 --out bench/results/components-g2
     python bench/component_analysis.py --configs SpaAtn+Q "SpaAtn+Q, authors' Q" --out DIR
     (extra arguments after -- go to every stafast.train run, e.g. -- --epochs 10)
 
@@ -118,7 +118,7 @@ def main(argv=None):
     argv = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--out", default="bench/results/components")
+    p.add_argument("--out", default="bench/results/components-g2")  # the set of synth.GENERATOR_VERSION 2
     p.add_argument("--configs", nargs="+", metavar="NAME", help="only these rows (e.g. SpaAtn+Q K=2); default all")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep each run's checkpoint.pt (by default removed once the run is recorded: ~100 MB each)")
