@@ -10,8 +10,8 @@ diversity term beside ours, and `--recipe strong`, for each seed, with `python -
 --dataset synthetic` (its defaults: the set and the recipe of `make demo`).  Writes
 components.json (every run: rank-1, mAP, final train losses, wall and CPU seconds) after each
 run, and components.md: mean and sample standard deviation over the seeds, and for each paper
-claim the per-seed paired difference.  A run already in components.json (same config, seed and
-flags) is not trained again, so an interrupted analysis continues where it stopped.  The
+claim the per-seed paired difference.  A run already in components.json (same config, seed,
+flags and synthetic set) is not trained again, so an interrupted analysis continues where it stopped.  The
 synthetic set and a random-init ResNet-18 are not the paper's setting: the table says what these
 components do here.
 """
@@ -57,14 +57,20 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def synthetic_set() -> str:
+    """The cache name of --dataset synthetic's set: its generator version and parameters."""
+    from stafast.data import synth
+    return synth.cache_name(synth.SYNTHETIC_SET, 0)
+
+
 def train_once(name: str, flags: list[str], seed: int, out: str) -> dict:
     from stafast import train
     t0, c0 = time.time(), cpu_seconds()
     result = train.main(["--dataset", "synthetic", "--output", out, "--seed", str(seed), "--no-progress", *flags])
     history = result["metrics"]
     last = history[-1]
-    return {"config": name, "seed": seed, "flags": flags, "rank1": last["rank1"], "mAP": last["mAP"],
-            "chance_rank1": last["chance_rank1"], "num_query": last.get("num_query"),
+    return {"config": name, "seed": seed, "flags": flags, "set": synthetic_set(), "rank1": last["rank1"],
+            "mAP": last["mAP"], "chance_rank1": last["chance_rank1"], "num_query": last.get("num_query"),
             "train_first": {k: v for k, v in history[0].items() if k.startswith("train_")},
             "train_last": {k: v for k, v in last.items() if k.startswith("train_")},
             "seconds": time.time() - t0, "cpu_seconds": cpu_seconds() - c0}
@@ -135,8 +141,9 @@ def main(argv=None):
     runs = json.load(open(path))["runs"] if os.path.isfile(path) else []
     for name, flags in configs:
         for seed in a.seeds:
-            if any(r["config"] == name and r["seed"] == seed and r["flags"] == flags + extra for r in runs):
-                continue
+            if any(r["config"] == name and r["seed"] == seed and r["flags"] == flags + extra and
+                   r.get("set") == synthetic_set() for r in runs):
+                continue  # done, on this set
             run_dir = os.path.join(a.out, "runs", f"{name}-s{seed}")
             run = train_once(name, flags + extra, seed, run_dir)
             if not a.keep_checkpoints:
