@@ -97,8 +97,10 @@ def table(runs: list[dict], extra: list[str]) -> str:
     names = [n for n, _ in TABLE1] + [f"K={k}" for k in HEADS] + [n for n, _ in EXTRA]
     by = summary(runs, names)
     first = runs[0]
-    lines = [f"Synthetic MARS layout (`--dataset synthetic`), official protocol, {first.get('num_query')} queries, "
-             f"chance rank-1 {first['chance_rank1']:.3f}; sd: sample standard deviation over the seeds. "
+    sets = sorted({str(r.get("set")) for r in runs})
+    lines = [f"Synthetic MARS layout (`--dataset synthetic`, set {', '.join(sets)}), official protocol, "
+             f"{first.get('num_query')} queries, chance rank-1 {first['chance_rank1']:.3f}; seeds: the runs in each row "
+             f"(only rows with runs are listed); sd: sample standard deviation over the seeds. "
              f"Extra flags: {' '.join(extra) or 'none'}.", "",
              "| model | seeds | rank-1 (mean +- sd) | mAP (mean +- sd) | paper, MARS rank-1 | CPU s per run |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -152,7 +154,7 @@ def main(argv=None):
             print(f"{name} seed {seed}: rank-1 {run['rank1']:.3f} mAP {run['mAP']:.3f} "
                   f"({run['seconds']:.0f} s, {run['cpu_seconds']:.0f} CPU s)", file=sys.stderr)
             with open(path + ".tmp", "w") as f:
-                json.dump({"seeds": a.seeds, "extra": extra, "runs": runs}, f, indent=2)
+                json.dump({"seeds": sorted({r["seed"] for r in runs}), "extra": extra, "runs": runs}, f, indent=2)
             os.replace(path + ".tmp", path)
     text = table(runs, extra)
     with open(os.path.join(a.out, "components.md"), "w") as f:
