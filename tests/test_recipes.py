@@ -74,14 +74,15 @@ def test_the_authors_diversity_form():
         diversity_term(mean, 48, "sum")
 
 
-def test_every_term_is_in_the_progress_bar_tensorboard_and_metrics(tiny_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("command", [["--loss", "softmax+triplet"], ["--recipe", "strong"]],
+                         ids=["softmax+triplet", "recipe strong"])  # the two commands of issue 24's acceptance
+def test_every_term_is_in_the_progress_bar_tensorboard_and_metrics(tiny_root, tmp_path, monkeypatch, command):
     postfixes, tags = [], set()
     monkeypatch.setattr(T.tqdm, "set_postfix",
                         lambda self, ordered_dict=None, **kw: postfixes.append({**(ordered_dict or {}), **kw}))
     from torch.utils.tensorboard import SummaryWriter
     monkeypatch.setattr(SummaryWriter, "add_scalar", lambda self, tag, *a, **kw: tags.add(tag))
-    run(tiny_root, tmp_path, "--epochs", "1", "--no-eval", "--loss", "softmax+triplet", "--log-every", "1",
-        "--progress")
+    run(tiny_root, tmp_path, "--epochs", "1", "--no-eval", *command, "--log-every", "1", "--progress")
     assert postfixes and {"loss", "id", "triplet", "diversity", "lr", "clips_s"} <= set(postfixes[-1])
     assert {"loss/total", "loss/id", "loss/triplet", "loss/diversity"} <= tags
     history = json.load(open(tmp_path / "metrics.json"))["history"]
