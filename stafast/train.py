@@ -505,7 +505,7 @@ def log(run: Run, stage: Stage, epoch: int, bar=None) -> None:
     lr = stage.optimizer.param_groups[0]["lr"]
     rate = steps * run.cfg.batch_size / max(seconds, 1e-9)
     if bar is not None:
-        bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{lr:.3g}", clips_s=f"{rate:.1f}")
+        bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()} | {"lr": f"{lr:.3g}", "clips_s": f"{rate:.1f}"})
     if run.writer:
         for k, v in means.items():
             run.writer.add_scalar("loss/total" if k == "loss" else f"loss/{k}", v, run.global_step)

@@ -1,10 +1,17 @@
-"""--optimizer adam, --warmup-epochs, --recipe presets and their precedence, --diversity-form."""
+"""--optimizer adam, --warmup-epochs, --recipe presets and their precedence, --diversity-form, and
+every loss term on record."""
+import json
+
 import pytest
 import torch
+
+from stafast import train as T
 
 from stafast.config import RECIPES, SYNTHETIC, SYNTHETIC_RECIPES, TrainConfig
 from stafast.losses import diversity_term
 from stafast.optim import build_optimizer, build_schedule
+
+from .test_train import run, tiny_root  # noqa: F401  (the tiny synthetic set, a module fixture)
 
 
 def lrs(cfg, epochs):
@@ -65,3 +72,21 @@ def test_the_authors_diversity_form():
     assert torch.isfinite(zero.grad)  # finite at Q = 0 (the 1e-5)
     with pytest.raises(ValueError, match="diversity form must be one of"):
         diversity_term(mean, 48, "sum")
+
+
+@pytest.mark.parametrize("command", [["--loss", "softmax+triplet"], ["--recipe", "strong"]],
+                         ids=["softmax+triplet", "recipe strong"])  # the two commands of issue 24's acceptance
+def test_every_term_is_in_the_progress_bar_tensorboard_and_metrics(tiny_root, tmp_path, monkeypatch, command):
+    postfixes, tags = [], set()
+    monkeypatch.setattr(T.tqdm, "set_postfix",
+                        lambda self, ordered_dict=None, **kw: postfixes.append({**(ordered_dict or {}), **kw}))
+    from torch.utils.tensorboard import SummaryWriter
+    monkeypatch.setattr(SummaryWriter, "add_scalar", lambda self, tag, *a, **kw: tags.add(tag))
+    run(tiny_root, tmp_path, "--epochs", "1", "--no-eval", *command, "--log-every", "1", "--progress")
+    assert postfixes and {"loss", "id", "triplet", "diversity", "lr", "clips_s"} <= set(postfixes[-1])
+    assert {"loss/total", "loss/id", "loss/triplet", "loss/diversity"} <= tags
+    history = json.load(open(tmp_path / "metrics.json"))["history"]
+    for record in history:
+        assert record["train_loss"] == pytest.approx(record["train_id"] + record["train_triplet"] +
+                                                     record["train_diversity"])
+        assert record["train_triplet"] > 0
