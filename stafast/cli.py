@@ -198,16 +198,17 @@ def error(config: type | dict[str, type], module: str, message: str) -> NoReturn
 
 
 def run(main, module: str, argv: list[str] | None = None) -> NoReturn:
-    """Run the command line `python -m <module>`: main(argv) (default sys.argv[1:]), exit 0.  An
-    expected error (EXPECTED: bad data, a missing or unreadable file, a setting that does not fit,
-    a missing optional dependency) is printed as one line, `python -m <module>: error: <message>`,
-    then how to see its traceback, and exits 2; Ctrl-C before the command handles it exits 130 with
-    one line.  --debug (anywhere in argv, taken out before main sees it) or STAFAST_DEBUG=1 lets
-    every error through with its traceback."""
+    """Run the command line `python -m <module>`: main(argv) (default sys.argv[1:]), then exit with
+    the status main returns if it is an int (else 0).  An expected error (EXPECTED: bad data, a
+    missing or unreadable file, a setting that does not fit, a missing optional dependency) is
+    printed as one line, `python -m <module>: error: <message>`, then how to see its traceback, and
+    exits 2; Ctrl-C before the command handles it exits 130 with one line.  --debug (anywhere in
+    argv, taken out before main sees it) or STAFAST_DEBUG=1 lets every error through with its
+    traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = DEBUG in argv or os.environ.get("STAFAST_DEBUG", "0") not in ("", "0")
     try:
-        main([a for a in argv if a != DEBUG])
+        status = main([a for a in argv if a != DEBUG])
     except EXPECTED as e:
         if debug:
             raise
@@ -218,4 +219,4 @@ def run(main, module: str, argv: list[str] | None = None) -> NoReturn:
             raise
         print(f"python -m {module}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    raise SystemExit(0)
+    raise SystemExit(status if isinstance(status, int) else 0)

@@ -60,7 +60,7 @@ def test_expected_errors_are_one_line_naming_what_and_where(root8, reference, tm
                                                                       "--checkpoint", ckpt]) \
         == f"missing MARS info folder: directory {tmp_path}/info does not exist"
     assert one_line_error(capsys, T.main, "stafast.train", ["--dataset", "mars", "--output", str(tmp_path)]) \
-        == "--root is required for --dataset mars (the folder holding its published layout)"
+        == "--root is required for --dataset mars (the folder holding bbox_train/, bbox_test/ and info/)"
     os.makedirs(tmp_path / "mars" / "info")
     assert one_line_error(capsys, T.main, "stafast.train", ["--dataset", "mars", "--root", str(tmp_path / "mars")]) \
         == f"missing MARS name list: {tmp_path}/mars/info/train_name.txt does not exist"
@@ -102,6 +102,10 @@ def test_debug_shows_the_traceback_and_user_errors_keep_their_types(tmp_path, ca
     with pytest.raises(SystemExit) as exit_:  # a bad flag: argparse's usage error, status 2
         cli.run(T.main, "stafast.train", ["--stages", "7"])
     assert exit_.value.code == 2 and "invalid choice" not in capsys.readouterr().err.splitlines()[0]
+    for returned, status in ((1, 1), (None, 0), ({"metrics": 1}, 0)):  # data.check's 1: not the published tree
+        with pytest.raises(SystemExit) as exit_:
+            cli.run(lambda argv: returned, "stafast.data.check", [])
+        assert exit_.value.code == status
 
 
 def test_every_command_line_runs_through_cli_run():
