@@ -34,6 +34,8 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
+from stafast import cli
+
 from . import _common, examples
 
 ARCHS = {"sm_80": (80, 108), "sm_90": (90, 132)}  # capability, SMs (A100, H100)
@@ -247,4 +249,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main, "stafast.kernels.aot")

@@ -21,12 +21,21 @@ import numpy as np
 import torch
 
 from .config import TrainConfig
+from .errors import UserError
 from .models import STA, build_model
 
 # 3: the STA submodules spatial_attention, frame_enhancement, temporal_attention; model_config with
 # spatial_pooling, diversity_kind, temporal_pooling (config fields of the same names).
 # Formats 1 and 2 (before that renaming) were never released: they are refused with what to do.
 FORMAT = 3
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint file that cannot be read, is no stafast.train checkpoint, or does not fit."""
+
+
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """No checkpoint file where one was expected."""
 
 
 def save_atomic(obj, path: str) -> None:
@@ -59,7 +68,10 @@ def set_rng_state(s: dict) -> None:
 
 
 def _read_format3(state: dict, path: str) -> dict:
-    state["config"] = TrainConfig.from_dict(state["config"], source=path)
+    try:
+        state["config"] = TrainConfig.from_dict(state["config"], source=path)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
     return state
 
 
@@ -67,18 +79,25 @@ READERS = {3: _read_format3}  # format -> the reader of its layout: a new format
 
 
 def load_checkpoint(path: str) -> dict:
-    """A stafast.train checkpoint, with "config" as a TrainConfig; errors name the file and what is wrong."""
+    """A stafast.train checkpoint, with "config" as a TrainConfig; errors (CheckpointError) name the
+    file and what is wrong."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist (expected a stafast.train checkpoint.pt)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+        raise CheckpointNotFound(f"checkpoint {path} does not exist (expected a stafast.train checkpoint.pt)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - torch.load raises many kinds (zip, pickle, EOF) for what it cannot read
+        raise CheckpointError(f"{path} is not a readable checkpoint (a truncated file, or no torch.save file): "
+                              f"{type(e).__name__}: {e}") from e
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
-        raise ValueError(f"{path} is not a stafast.train checkpoint (keys 'model' and 'model_config' expected)")
+        raise CheckpointError(f"{path} is not a stafast.train checkpoint (keys 'model' and 'model_config' expected)")
     fmt = state.get("format")
     if fmt not in READERS:
         written = f"format {fmt}" if fmt is not None else "no format field: an unreleased layout from before format 3"
-        raise ValueError(f"{path}: a stafast.train checkpoint of {written}; this version reads formats "
-                         f"{sorted(READERS)} only. Train it again with this version (python -m stafast.train ...), "
-                         "or use the stafast version that wrote it")
+        raise CheckpointError(f"{path}: a stafast.train checkpoint of {written}; this version reads formats "
+                              f"{sorted(READERS)} only. Train it again with this version (python -m stafast.train ...), "
+                              "or use the stafast version that wrote it")
     return READERS[fmt](state, path)
 
 
@@ -89,11 +108,11 @@ def load_model(path: str, device: str = "cpu") -> tuple[STA, dict]:
     cfg = state["model_config"]
     heads = state["model"].get("spatial_attention.out_weight")
     if heads is not None and heads.shape[0] != cfg.get("num_heads", heads.shape[0]):
-        raise ValueError(f"{path}: its weights have K={heads.shape[0]} spatial heads but its model_config says "
-                         f"num_heads={cfg['num_heads']}")
+        raise CheckpointError(f"{path}: its weights have K={heads.shape[0]} spatial heads but its model_config says "
+                              f"num_heads={cfg['num_heads']}")
     model = build_model(**cfg)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit the model its config describes ({cfg}): {e}") from None
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes ({cfg}): {e}") from None
     return model.to(device).eval(), state

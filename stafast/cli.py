@@ -18,16 +18,28 @@ those words, e.g. --split).  --help shows the dataclass's defaults, and presets 
 has some.  The parser itself holds no default: what was not given is left out, so the config's
 own constructor (`build`, e.g. one that applies presets) fills it in, and its ValueError becomes
 a usage error.  A dict {name: dataclass} makes one subcommand per entry.
+
+    cli.run(main, "stafast.export")   # the __main__ block of every command line
+
+`run` prints an expected error (EXPECTED: stafast.errors.UserError, MissingExtra) as one line and
+exits 2; --debug (every parser lists it) or STAFAST_DEBUG=1 shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import sys
 import types
 import typing
 from typing import Literal, NoReturn
 
+from .errors import UserError
+from .extras import MissingExtra
+
 COMMAND = "command"  # where parse keeps the subcommand's name
+DEBUG = "--debug"    # every command line takes it (run() reads it, parse() ignores it)
+EXPECTED = (UserError, MissingExtra)  # errors that run() reports in a line: what is wrong and where
 
 
 def option(default=dataclasses.MISSING, help: str = "", group: str | None = None, choices=None, *,
@@ -147,14 +159,23 @@ def build_parser(config: type | dict[str, type], module: str, description: str |
     {"--dataset synthetic": {field: value}}, shown beside the defaults in --help."""
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_debug(parser)
     if not isinstance(config, dict):
         add_fields(parser, config, presets)
         return parser
     commands = parser.add_subparsers(dest=COMMAND, required=True)
     for name, cls in config.items():
-        add_fields(commands.add_parser(name, help=summary(cls), description=cls.__doc__,
-                                       formatter_class=argparse.RawDescriptionHelpFormatter), cls, presets)
+        command = commands.add_parser(name, help=summary(cls), description=cls.__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_debug(command)
+        add_fields(command, cls, presets)
     return parser
+
+
+def add_debug(parser: argparse.ArgumentParser) -> None:
+    """The --debug flag that `run` reads, in `parser`'s --help."""
+    parser.add_argument(DEBUG, action="store_true", default=None,
+                        help="on an error, show its traceback instead of one line (or set STAFAST_DEBUG=1)")
 
 
 def parse(config: type | dict[str, type], argv: list[str] | None = None, *, module: str,
@@ -163,7 +184,7 @@ def parse(config: type | dict[str, type], argv: list[str] | None = None, *, modu
     itself by default, or e.g. a classmethod applying presets), a ValueError of which is reported as
     a usage error.  With subcommands, an instance of the chosen one's dataclass."""
     parser = build_parser(config, module, description, presets)
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None and k != "debug"}
     cls = config[given.pop(COMMAND)] if isinstance(config, dict) else config
     try:
         return (build or cls)(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
@@ -174,3 +195,28 @@ def parse(config: type | dict[str, type], argv: list[str] | None = None, *, modu
 def error(config: type | dict[str, type], module: str, message: str) -> NoReturn:
     """Stop as argparse does on a bad argument (usage, `message`, exit status 2)."""
     build_parser(config, module).error(message)
+
+
+def run(main, module: str, argv: list[str] | None = None) -> NoReturn:
+    """Run the command line `python -m <module>`: main(argv) (default sys.argv[1:]), then exit with
+    the status main returns if it is an int (else 0).  An expected error (EXPECTED: bad data, a
+    missing or unreadable file, a setting that does not fit, a missing optional dependency) is
+    printed as one line, `python -m <module>: error: <message>`, then how to see its traceback, and
+    exits 2; Ctrl-C before the command handles it exits 130 with one line.  --debug (anywhere in
+    argv, taken out before main sees it) or STAFAST_DEBUG=1 lets every error through with its
+    traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = DEBUG in argv or os.environ.get("STAFAST_DEBUG", "0") not in ("", "0")
+    try:
+        status = main([a for a in argv if a != DEBUG])
+    except EXPECTED as e:
+        if debug:
+            raise
+        print(f"python -m {module}: error: {e}\n  (the traceback: add {DEBUG} or set STAFAST_DEBUG=1)", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"python -m {module}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    raise SystemExit(status if isinstance(status, int) else 0)

@@ -175,7 +175,8 @@ class TrainConfig:
     max_steps: int = option(0, "stop (with a checkpoint) after this many steps in all; 0: no limit", RUN)
     resume: str | None = option(None, "checkpoint to resume; without a value OUTPUT/checkpoint.pt", RUN,
                               nargs="?", const="auto")
-    progress: bool | None = option(None, "progress bars (default: when stderr is a terminal)", RUN)
+    progress: bool | None = option(None, "progress: a bar on a terminal, a line every 30 s in a log (default: on)",
+                                   RUN)
 
     def __post_init__(self):
         self.stages, self.epochs = tuple(self.stages), tuple(self.epochs)

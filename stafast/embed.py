@@ -21,6 +21,7 @@ import os
 import numpy as np
 import torch
 
+from . import cli
 from .checkpoint import load_model
 from .data import PIPELINES, DatasetError, Tracklet
 from .data.datasets import MARS_NAME, _sorted_frames
@@ -109,4 +110,4 @@ def main(argv=None) -> np.ndarray:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "stafast.embed")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import cli
 from .checkpoint import load_model
 from .data import DATASET_NAMES, PIPELINES, ClipPlan, build_loader, default_protocol, load_dataset, protocol_attrs
 from .metrics import PROTOCOLS, chance_rank1, evaluate, ranks, rerank
@@ -116,4 +117,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "stafast.evaluate")

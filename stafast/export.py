@@ -128,6 +128,8 @@ def main(argv=None) -> dict:
     a = cli.parse(ExportConfig, argv, module="stafast.export", description=__doc__)
     try:
         result = export(a.checkpoint, a.format, a.output, a.frames, a.height, a.width, a.opset, a.verify)
+    except cli.EXPECTED:
+        raise  # bad data or checkpoint: cli.run's one line
     except (FileNotFoundError, ValueError) as e:
         cli.error(ExportConfig, "stafast.export", str(e))
     diff = result["max_abs_diff"]
@@ -138,4 +140,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "stafast.export")

@@ -35,6 +35,10 @@ class _LogBar(tqdm):
     def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
         super().set_postfix(ordered_dict, refresh=False, **kwargs)
 
+    def close(self):
+        self.leave = getattr(self, "last_print_n", None) != self.n  # the last line, unless just written (or disabled)
+        super().close()
+
 
 def progress_bar(iterable=None, *, desc: str, total: int | None = None, initial: int = 0, enabled: bool = True,
              stream=None) -> tqdm:

@@ -34,7 +34,10 @@ import json
 import operator
 import os
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -42,10 +45,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from . import cli, ops
-from .checkpoint import FORMAT, load_checkpoint, rng_state, save_atomic, set_rng_state
+from .checkpoint import (FORMAT, CheckpointError, CheckpointNotFound, load_checkpoint, rng_state, save_atomic,
+                         set_rng_state)
 from .config import RECIPES, STAGES, SYNTHETIC, SYNTHETIC_RECIPES, StageSpec, TrainConfig
 from .data import Augmentation, ClipPlan, ShardedPlan, build_loader, load_dataset, parse_augment
 from .evaluate import evaluate_dataset
@@ -54,6 +57,7 @@ from .losses import Criterion, OIMLoss, build_criterion, diversity_term
 from .models import STA, build_model
 from .models.backbone import warn_random_init
 from .optim import build_optimizer, build_schedule
+from .progress import progress_bar
 
 
 class NonFiniteLoss(RuntimeError):
@@ -189,13 +193,14 @@ def start_run(cfg: TrainConfig, hooks: tuple = ()) -> Run:
     if cfg.resume:
         path = ckpt_path if cfg.resume == "auto" else cfg.resume
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"--resume: checkpoint {path} does not exist")
+            raise CheckpointNotFound(f"--resume: checkpoint {path} does not exist")
         resume = load_checkpoint(path)
+        check_resume(resume, model_config(cfg, resume["stage"]), cfg, path)
     dataset = load_dataset(cfg.dataset, cfg.root, cfg.split, cfg.protocol)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if device.type == "cuda" else None
     run = Run(cfg, rank, world, device, dataset, amp_dtype, ckpt_path, resume=resume,
               history=list(resume["metrics"]) if resume else [], global_step=resume["global_step"] if resume else 0,
-              progress=(cfg.progress if cfg.progress is not None else sys.stderr.isatty()) and rank == 0, hooks=hooks)
+              progress=cfg.progress is not False and rank == 0, hooks=hooks)
     if run.main_proc:
         print(dataset.summary(), file=sys.stderr)
         if not cfg.backbone_weights and cfg.dataset != "synthetic":
@@ -203,6 +208,37 @@ def start_run(cfg: TrainConfig, hooks: tuple = ()) -> Run:
         # purge_step: a resumed run drops the events an interrupted one wrote after its checkpoint
         run.writer = open_writer(os.path.join(cfg.output, "tb"), run.global_step if resume else None)
     return run
+
+
+# settings that may change on --resume without changing the steps (output, stopping, logging, evaluation)
+OPERATIONAL = ("output", "resume", "max_steps", "workers", "eval_every", "no_eval", "rerank", "log_every",
+               "checkpoint_every", "progress")
+
+
+def differences(checkpoint: dict, here: dict) -> str:
+    """"heads: 6 in the checkpoint, 4 in this run; ...": the keys whose values differ."""
+    keys = [k for k in dict.fromkeys([*checkpoint, *here]) if checkpoint.get(k) != here.get(k)]
+    return "; ".join(f"{k}: {checkpoint.get(k)!r} in the checkpoint, {here.get(k)!r} in this run" for k in keys)
+
+
+def setting_changes(checkpoint: TrainConfig, here: TrainConfig) -> str:
+    """The settings (but OPERATIONAL) in which a resumed run differs from the checkpoint's run."""
+    a, b = checkpoint.to_dict(), here.to_dict()
+    return differences({k: v for k, v in a.items() if k not in OPERATIONAL},
+                       {k: v for k, v in b.items() if k not in OPERATIONAL})
+
+
+def check_resume(checkpoint: dict, built: dict, cfg: TrainConfig, path: str | None = None) -> None:
+    """Refuse a checkpoint whose model differs from the one `cfg` builds (`built`), naming the fields
+    that differ with both values; with `path`, warn about the other settings that differ."""
+    changed = setting_changes(checkpoint["config"], cfg)
+    if checkpoint["model_config"] != built:
+        raise CheckpointError(f"--resume: the checkpoint's stage {checkpoint['stage']} model differs from the one this "
+                              f"configuration builds ({differences(checkpoint['model_config'], built)}; the settings: "
+                              f"{changed}): resume with the checkpoint's settings, or train into another --output")
+    if changed and path:
+        warnings.warn(f"--resume: {path} was written with other settings ({changed}); training goes on with this "
+                      "run's, so it does not continue the checkpoint's run exactly", UserWarning, stacklevel=2)
 
 
 def open_writer(folder: str, purge_step: int | None):
@@ -339,9 +375,7 @@ def setup_stage(run: Run, si: int) -> Stage:
     stage = build_trainable(cfg, number, run.dataset.num_train_pids, run.device, run.world, weights,
                             run.previous_state, epochs, index=si)
     if resume is not None:
-        if resume["model_config"] != stage.model_config:
-            raise ValueError(f"--resume: the checkpoint's stage {resume['stage']} model {resume['model_config']} differs "
-                             f"from the one this configuration builds, {stage.model_config}")
+        check_resume(resume, stage.model_config, cfg)
         for part in ("model", "criterion", "optimizer", "scheduler"):
             getattr(stage, part).load_state_dict(resume[part])
         stage.start_epoch, stage.start_step = resume["epoch"], resume["step"]
@@ -452,8 +486,8 @@ def run_epoch(run: Run, stage: Stage, epoch: int) -> bool:
         stage.meter.new_epoch()
     stage.loader.set_epoch(epoch, start)
     stage.train_mode()
-    bar = tqdm(total=len(stage.loader), initial=start, desc=f"stage {stage.number} epoch {epoch + 1}/{stage.epochs}",
-               disable=not run.progress, leave=False)
+    bar = progress_bar(total=len(stage.loader), initial=start, enabled=run.progress,
+                       desc=f"stage {stage.number} epoch {epoch + 1}/{stage.epochs}")
     if steps_done(run) and start < len(stage.loader):
         run.request_stop("--max-steps")  # a resumed run that has already taken its steps
         save_checkpoint(run, stage, epoch, start)
@@ -582,14 +616,84 @@ def write_metrics(output: str, history: list) -> None:
     os.replace(tmp, os.path.join(output, "metrics.json"))
 
 
+class StopOnSignal(Hook):
+    """SIGINT (Ctrl-C) and SIGTERM (a cluster's preemption notice) stop training as run.request_stop
+    does: the step under way ends and a checkpoint is written at that position (asked during an
+    evaluation: after that epoch's checkpoint).  A second signal ends the process at once, by the
+    signal's default action.  Installed in a single process, from the main thread (under DDP each
+    rank would stop at the step where its signal arrives and wait for the others forever)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signal, self.where, self.previous, self.run = None, None, {}, None
+
+    def on_train_start(self, run: Run) -> None:
+        if run.world == 1 and threading.current_thread() is threading.main_thread():
+            self.run = run
+            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+
+    def handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signal is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signal = signum
+        self.run.request_stop(name)
+        # os.write: a signal may arrive while stderr's buffer is being written, which print would re-enter
+        os.write(2, f"stafast.train: {name}: stopping after the current step, with a checkpoint ({name} again "
+                    "stops at once)\n".encode())
+
+    def on_step_end(self, run: Run, stage: "Stage", epoch: int, position: int) -> None:
+        self.where = (stage.number, epoch, position, len(stage.loader))
+
+    def on_epoch_end(self, run: Run, stage: "Stage", epoch: int, record: dict) -> None:
+        self.where = (stage.number, epoch, None, None)
+
+    def on_train_end(self, run: Run) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
+
+    def report(self, argv: list[str]) -> str:
+        """Where training stopped, its checkpoint and the command that resumes it: one line."""
+        run, name = self.run, signal.Signals(self.signal).name
+        number, epoch, position, total = self.where or (run.cfg.stages[0], 0, 0, None)
+        at = f"the end of epoch {epoch + 1}" if total is None else f"epoch {epoch + 1}, batch {position} of {total}"
+        return (f"stafast.train: stopped by {name} after global step {run.global_step} (stage {number}, {at}); "
+                f"checkpoint {run.ckpt_path}; resume with: {resume_command(argv, run.ckpt_path)}")
+
+
+def resume_command(argv: list[str], checkpoint: str) -> str:
+    """The command line that continues the run of `argv` from `checkpoint`: argv without its
+    --resume (and --resume's value), then --resume CHECKPOINT."""
+    kept, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip or arg.startswith("--resume="):
+            skip = False
+            continue
+        if arg == "--resume":
+            skip = i + 1 < len(argv) and not argv[i + 1].startswith("-")
+            continue
+        kept.append(arg)
+    return shlex.join(["python", "-m", "stafast.train", *kept, "--resume", checkpoint])
+
+
 def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
     cfg = parse_args(argv)
+    stop = StopOnSignal()
     try:
-        return train(cfg)
+        result = train(cfg, hooks=[stop])
     except NonFiniteLoss as e:
         print(f"stafast.train: {e}", file=sys.stderr)
         raise SystemExit(3) from None
+    if stop.signal is not None:
+        print(stop.report(argv), file=sys.stderr)
+        raise SystemExit(128 + stop.signal)
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "stafast.train")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from stafast import export as X
-from stafast import ops
+from stafast import cli, ops
 from stafast import train as T
 from stafast.checkpoint import load_model
 
@@ -66,8 +66,8 @@ def test_pt2_keeps_the_stafast_ops_and_a_dynamic_batch(checkpoint, tmp_path):
 
 def test_bad_inputs_give_clear_errors(checkpoint, tmp_path, capsys):
     missing = str(tmp_path / "missing.pt")
-    with pytest.raises(SystemExit):
-        X.main(["--checkpoint", missing, "--format", "onnx", "--output", str(tmp_path / "x.onnx")])
+    with pytest.raises(SystemExit):  # as python -m stafast.export runs it: the error in a line
+        cli.run(X.main, "stafast.export", ["--checkpoint", missing, "--format", "onnx", "--output", str(tmp_path / "x.onnx")])
     assert f"checkpoint {missing} does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         X.main(["--checkpoint", checkpoint, "--format", "tflite", "--output", str(tmp_path / "x.tflite")])

@@ -52,4 +52,5 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_log(monkeypatch):
     assert "loss=0.5" in lines[-1] and "\r" in terminal.getvalue()
     quiet = io.StringIO()
     list(progress_bar(range(3), desc="features", enabled=False, stream=quiet))
+    progress_bar(total=3, desc="steps", enabled=False, stream=quiet).close()
     assert quiet.getvalue() == ""

@@ -78,7 +78,7 @@ def load_dataset(name: str, root: str | None = None, split: int = 0, protocol: s
     if protocol not in e.protocols:
         raise ValueError(f"dataset {name} has no protocol {protocol!r}; its protocols are {e.protocols}")
     if e.layout and not root:
-        raise ValueError(f"--root is required for --dataset {name} (the folder holding {e.layout})")
+        raise DatasetError(f"--root is required for --dataset {name} (the folder holding {e.layout})")
     ds = e.make(root, split, protocol)
     for attr in get_protocol(protocol).attrs:
         if not all(attr in t.attrs for t in ds.query + ds.gallery):

@@ -22,15 +22,13 @@ An unreadable frame stops with a DatasetError naming its path (on_error="raise")
 by the nearest readable frame of its tracklet and counted in `bad_frames` (on_error="skip"); for
 video files that covers the frames past the end of a truncated file (video.readable_indices).
 Damaged files that would crash DALI's decoders never reach them (dali_guard.py).  The worker
-processes ignore SIGINT (the main process decides what an interruption does) and end within a
-fraction of a second when the main process is gone, however it ended (crash or SIGKILL included).
+processes ignore SIGINT and SIGTERM (the main process decides what an interruption does) and end
+within a fraction of a second when the main process is gone, however it ended (crash or SIGKILL
+included).
 """
 from __future__ import annotations
 
 import os
-import signal
-import threading
-import time
 
 import numpy as np
 import torch
@@ -41,6 +39,7 @@ from .datasets import DatasetError, is_video
 from .frames import MEAN, STD, read_image, read_nearest
 from .plan import ClipAugment, ClipPlan, check_start
 from .video import CPU_CODECS, decode, readable_indices
+from .workers import exit_with_parent, ignore_interruptions
 
 
 def dali_decodes(plan: ClipPlan, gpu: bool) -> str | None:
@@ -78,8 +77,8 @@ class _FrameSource:
     def __setstate__(self, state):
         """Unpickled in each worker process as it starts."""
         self.__dict__.update(state)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        threading.Thread(target=_exit_with, args=(self.parent,), daemon=True, name="stafast-parent-watch").start()
+        ignore_interruptions()
+        exit_with_parent(self.parent)
 
     def samples_per_clip(self) -> int:
         return self.plan.n
@@ -106,15 +105,6 @@ class _FrameSource:
             return image_bytes(frames[i]), 0
         image, j = read_nearest(frames, i)  # full decode: only readable frames reach DALI in skip mode
         return image_bytes(frames[j], image), int(j != i)
-
-
-def _exit_with(parent: int, every: float = 0.2) -> None:
-    """End this worker process once its parent is gone: DALI's workers wait on shared-memory
-    queues that nobody closes when the main process crashes or is killed (they would stay, holding
-    the caller's stdout)."""
-    while os.getppid() == parent:
-        time.sleep(every)
-    os._exit(1)
 
 
 class _ClipSource(_FrameSource):

@@ -31,7 +31,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-class DatasetError(ValueError):
+from ..errors import UserError
+
+
+class DatasetError(UserError, ValueError):
     """A dataset file is missing or not what the layout says it should be."""
 
 

@@ -14,6 +14,7 @@ import torch
 from .datasets import DatasetError, is_video
 from .frames import read_clip, to_model_input
 from .plan import ClipPlan, check_start
+from .workers import ignore_interruptions
 
 
 
@@ -91,7 +92,8 @@ class TorchClipLoader:
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False,
                                              num_workers=self.workers, collate_fn=_collate, drop_last=self.drop_last,
                                              persistent_workers=False, pin_memory=self.pin_memory, generator=generator,
-                                             multiprocessing_context=worker_context(self.dataset.plan, self.workers))
+                                             multiprocessing_context=worker_context(self.dataset.plan, self.workers),
+                                             worker_init_fn=ignore_interruptions)
         try:
             for batch in loader:
                 self.bad_frames += batch["bad_frames"]

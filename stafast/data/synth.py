@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .. import cli
+
 PALETTE = np.array([[200, 30, 30], [30, 120, 200], [30, 160, 60], [230, 200, 40], [120, 40, 160],
                     [240, 130, 20], [20, 20, 20], [235, 235, 235], [120, 80, 40], [100, 100, 110],
                     [240, 120, 180], [20, 60, 120], [80, 150, 150], [160, 160, 60]], dtype=np.float32)
@@ -650,4 +652,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "stafast.data.synth")

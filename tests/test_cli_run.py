@@ -1,0 +1,207 @@
+"""The command lines: expected errors as one line and exit status 2 (stafast.cli.run), --debug for the
+traceback; SIGTERM / SIGINT during training: a checkpoint where it stopped, the command that
+resumes it (bit-exact), a second signal ends the process at once, no worker left behind."""
+import ast
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from stafast import cli, embed, evaluate, export, train as T, visualize
+from stafast.checkpoint import CheckpointError, load_checkpoint
+from stafast.data import DatasetError, synth
+
+from .test_layout import ROOT
+from .test_train import assert_same_weights, final_state
+
+# 8 training ids, 2 per batch: 4 steps in the one epoch
+FLAGS = ["--arch", "resnet18", "--heads", "2", "--hidden", "8", "--frames", "3", "--height", "32", "--width", "16",
+         "--ids-per-batch", "2", "--tracklets-per-id", "2", "--pipeline", "torch", "--lr", "0.01", "--epochs", "1",
+         "--deterministic", "--no-eval", "--loss", "oim"]
+
+
+@pytest.fixture(scope="module")
+def root8(tmp_path_factory):
+    return synth.make_mars(str(tmp_path_factory.mktemp("eight")), ids=8, test_ids=3, cameras=2, tracklets=2,
+                           frames=(3, 6), size=(32, 16), seed=0)
+
+
+@pytest.fixture(scope="module")
+def reference(root8, tmp_path_factory):
+    """The run never stopped: its final checkpoint (also the checkpoint the error tests read)."""
+    out = tmp_path_factory.mktemp("full")
+    T.main(["--dataset", "synthetic", "--root", root8, "--output", str(out), *FLAGS, "--workers", "0"])
+    return str(out / "checkpoint.pt")
+
+
+def one_line_error(capsys, main, module, argv) -> str:
+    """What `python -m module argv` prints on an expected error: checked to be one line (and the
+    hint), exit status 2, no traceback; returns the message."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(main, module, argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and "Traceback" not in "\n".join(err), err
+    err = err[-2:]  # after what the command printed before the error (a dataset's summary)
+    prefix = f"python -m {module}: error: "
+    assert err[0].startswith(prefix) and err[1] == "  (the traceback: add --debug or set STAFAST_DEBUG=1)"
+    return err[0][len(prefix):]
+
+
+def test_expected_errors_are_one_line_naming_what_and_where(root8, reference, tmp_path, capsys):
+    ckpt = reference
+    missing = str(tmp_path / "nothing" / "checkpoint.pt")
+    assert one_line_error(capsys, evaluate.main, "stafast.evaluate", ["--dataset", "mars", "--root", str(tmp_path),
+                                                                      "--checkpoint", ckpt]) \
+        == f"missing MARS info folder: directory {tmp_path}/info does not exist"
+    assert one_line_error(capsys, T.main, "stafast.train", ["--dataset", "mars", "--output", str(tmp_path)]) \
+        == "--root is required for --dataset mars (the folder holding bbox_train/, bbox_test/ and info/)"
+    os.makedirs(tmp_path / "mars" / "info")
+    assert one_line_error(capsys, T.main, "stafast.train", ["--dataset", "mars", "--root", str(tmp_path / "mars")]) \
+        == f"missing MARS name list: {tmp_path}/mars/info/train_name.txt does not exist"
+    assert one_line_error(capsys, embed.main, "stafast.embed", ["--checkpoint", missing, "--output", "e.npy", root8]) \
+        == f"checkpoint {missing} does not exist (expected a stafast.train checkpoint.pt)"
+    data = open(ckpt, "rb").read()
+    cut, junk, text = tmp_path / "cut.pt", tmp_path / "junk.pt", tmp_path / "notes.pt"
+    cut.write_bytes(data[:len(data) // 2])
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    text.write_text("not a checkpoint\n")
+    for bad in (cut, junk, text):
+        message = one_line_error(capsys, visualize.main, "stafast.visualize",
+                                 ["attention", "--checkpoint", str(bad), "--tracklet", root8])
+        assert message.startswith(f"{bad} is not a readable checkpoint (a truncated file, or no torch.save file): ")
+    torch.save([1, 2], tmp_path / "list.pt")
+    assert one_line_error(capsys, export.main, "stafast.export", ["--checkpoint", str(tmp_path / "list.pt"), "--format",
+                                                                  "pt2", "--output", str(tmp_path / "m.pt2")]) \
+        == f"{tmp_path / 'list.pt'} is not a stafast.train checkpoint (keys 'model' and 'model_config' expected)"
+    assert one_line_error(capsys, T.main, "stafast.train", ["--output", str(tmp_path / "empty"), "--resume"]) \
+        == f"--resume: checkpoint {tmp_path / 'empty' / 'checkpoint.pt'} does not exist"
+    resumed = ["--dataset", "synthetic", "--root", root8, "--output", str(tmp_path), *FLAGS, "--resume", ckpt]
+    assert one_line_error(capsys, T.main, "stafast.train", resumed + ["--heads", "3"]) == (
+        "--resume: the checkpoint's stage 4 model differs from the one this configuration builds (num_heads: 2 in the "
+        "checkpoint, 3 in this run; the settings: heads: 2 in the checkpoint, 3 in this run): resume with the "
+        "checkpoint's settings, or train into another --output")
+
+
+def test_debug_shows_the_traceback_and_user_errors_keep_their_types(tmp_path, capsys, monkeypatch):
+    argv = ["--dataset", "mars", "--root", str(tmp_path), "--output", str(tmp_path)]
+    with pytest.raises(DatasetError, match="missing MARS info folder"):
+        cli.run(T.main, "stafast.train", argv + ["--debug"])
+    monkeypatch.setenv("STAFAST_DEBUG", "1")
+    with pytest.raises(DatasetError):
+        cli.run(T.main, "stafast.train", argv)
+    assert issubclass(DatasetError, ValueError) and issubclass(CheckpointError, ValueError)
+    with pytest.raises(FileNotFoundError):  # a missing checkpoint is still a FileNotFoundError
+        load_checkpoint(str(tmp_path / "none.pt"))
+    monkeypatch.delenv("STAFAST_DEBUG")
+    with pytest.raises(SystemExit) as exit_:  # a bad flag: argparse's usage error, status 2
+        cli.run(T.main, "stafast.train", ["--stages", "7"])
+    assert exit_.value.code == 2 and "invalid choice" not in capsys.readouterr().err.splitlines()[0]
+    for returned, status in ((1, 1), (None, 0), ({"metrics": 1}, 0)):  # data.check's 1: not the published tree
+        with pytest.raises(SystemExit) as exit_:
+            cli.run(lambda argv: returned, "stafast.data.check", [])
+        assert exit_.value.code == status
+
+
+def test_every_command_line_runs_through_cli_run():
+    """Each module with a command line hands its main to stafast.cli.run (which prints the one-line
+    errors), and those whose parser stafast.cli derives list --debug in their --help."""
+    for folder, _, names in os.walk(ROOT):
+        for name in names:
+            path = os.path.join(folder, name)
+            if not name.endswith(".py") or '__name__ == "__main__"' not in open(path).read():
+                continue
+            block = next(n for n in ast.parse(open(path).read()).body if isinstance(n, ast.If)
+                         and "__main__" in ast.unparse(n.test))
+            assert "cli.run(main," in ast.unparse(block), f"{path}: its __main__ block does not call cli.run"
+    for main_parser in (T.build_parser(), cli.build_parser(visualize.COMMANDS, "stafast.visualize")):
+        assert "--debug" in main_parser.format_help()
+
+
+# ---------------------------------------------------------------------------------------- signals
+REPORTING = """
+import sys
+import stafast.train as T
+from stafast import cli
+step = T.train_step
+
+def reported(*args, **kwargs):  # a line per step, for the test to signal mid-epoch
+    out = step(*args, **kwargs)
+    print("STEP", flush=True)
+    return out
+
+T.train_step = reported
+cli.run(T.main, "stafast.train", sys.argv[1:])
+"""
+
+
+def start_training(argv, err_path, **popen):
+    """A training subprocess, returned once it has done its first step, with its child processes."""
+    proc = subprocess.Popen([sys.executable, "-c", REPORTING, *argv], stdout=subprocess.PIPE, text=True,
+                            stderr=open(err_path, "w"), **popen)
+    line = proc.stdout.readline()
+    assert line == "STEP\n", f"{line!r}\n{open(err_path).read()[-3000:]}"
+    children = [int(p) for task in os.listdir(f"/proc/{proc.pid}/task")
+                for p in open(f"/proc/{proc.pid}/task/{task}/children").read().split()]
+    return proc, children
+
+
+def gone(pids, within=10.0) -> bool:
+    deadline = time.time() + within
+    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    alive = [p for p in pids if os.path.exists(f"/proc/{p}")]
+    for p in alive:
+        os.kill(p, signal.SIGKILL)
+    return not alive
+
+
+def test_sigterm_mid_epoch_checkpoints_there_and_the_printed_command_resumes_exactly(root8, reference, tmp_path):
+    out = tmp_path / "run"
+    argv = ["--dataset", "synthetic", "--root", root8, "--output", str(out), *FLAGS, "--workers", "1"]
+    proc, children = start_training(argv, tmp_path / "err", start_new_session=True)
+    os.killpg(proc.pid, signal.SIGTERM)  # to every process of the job, as a cluster's preemption does
+    proc.communicate(timeout=300)
+    err = open(tmp_path / "err").read()
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err[-3000:]
+    assert children and gone(children), "the loader's worker outlived the training process"
+    state = final_state(out)
+    assert state["epoch"] == 0 and 0 < state["step"] < 4 and state["global_step"] == state["step"]  # mid-epoch
+    (line,) = [line for line in err.splitlines() if "resume with: " in line]
+    assert line.startswith(f"stafast.train: stopped by SIGTERM after global step {state['step']} (stage 4, epoch 1, "
+                           f"batch {state['step']} of 4); checkpoint {out / 'checkpoint.pt'}; resume with: python -m "
+                           "stafast.train ")
+    command = shlex.split(line.split("resume with: ", 1)[1])
+    assert command[-2:] == ["--resume", str(out / "checkpoint.pt")]
+    T.main(command[3:])  # the printed command, in this process
+    assert_same_weights(torch.load(reference, weights_only=False), final_state(out))
+
+
+def test_a_second_ctrl_c_ends_training_at_once(root8, tmp_path):
+    """Ctrl-C reaches the whole process group (the loader's worker too, which ignores it); the first
+    asks for a stop, the second ends the process by SIGINT before the step is done."""
+    argv = ["--dataset", "synthetic", "--root", root8, "--output", str(tmp_path / "run"), *FLAGS, "--workers", "1"]
+    proc, children = start_training(argv, tmp_path / "err", start_new_session=True)
+    os.killpg(proc.pid, signal.SIGINT)
+    deadline = time.time() + 60
+    while "stopping after the current step" not in open(tmp_path / "err").read() and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=300)
+    err = open(tmp_path / "err").read()
+    assert proc.returncode == -signal.SIGINT and "Traceback" not in err, (proc.returncode, err[-3000:])
+    assert "stafast.train: SIGINT: stopping after the current step, with a checkpoint (SIGINT again stops at once)" in err
+    assert "resume with" not in err and children and gone(children)
+
+
+def test_resume_command_replaces_the_resume_flag():
+    assert T.resume_command(["--epochs", "3", "--resume", "--lr", "0.1"], "o/checkpoint.pt") == \
+        "python -m stafast.train --epochs 3 --lr 0.1 --resume o/checkpoint.pt"
+    assert T.resume_command(["--resume", "old.pt", "--root", "my data"], "o/c.pt") == \
+        "python -m stafast.train --root 'my data' --resume o/c.pt"
+    assert T.resume_command(["--resume=old.pt"], "c.pt") == "python -m stafast.train --resume c.pt"
