@@ -5,6 +5,7 @@ import ast
 import importlib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,8 +17,9 @@ import torch
 
 from stafast import cli, embed, evaluate, export, train as T, visualize
 from stafast.checkpoint import CheckpointError, load_checkpoint
-from stafast.data import DatasetError, synth
+from stafast.data import DatasetError, load_dataset, synth
 
+from .test_data import need_dali
 from .test_layout import ROOT
 from .test_train import assert_same_weights, final_state
 
@@ -153,6 +155,46 @@ def test_every_command_line_runs_through_cli_run(capsys):
             importlib.import_module(module).main(["--help"])
         out = capsys.readouterr().out
         assert out.startswith(f"usage: python -m {module} ") and "--debug" in out, (module, out[:200])
+
+
+def session(sid: int) -> list[int]:
+    """The live (not zombie) processes of session `sid`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()  # state ppid pgrp session ...
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(int(pid))
+    return found
+
+
+def dali_segments() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("nvidia_dali")}
+
+
+def test_evaluate_through_dali_on_a_corrupt_frame(root8, reference, tmp_path):
+    """Issue 25's acceptance command, once (docs/dali-crashes.md has five runs): `python -m
+    stafast.evaluate --pipeline dali` over a tree whose first query frame is 300 header bytes + random
+    ones, in a DALI batch of 48 frames (before the guards: exit 139 in DALI's parser, workers left
+    behind): exit 2, the DatasetError naming the frame in one line, nothing of its session left."""
+    need_dali()
+    root = shutil.copytree(root8, tmp_path / "D")
+    frame = load_dataset("mars", str(root)).query[0].frames[0]
+    data = open(frame, "rb").read()
+    open(frame, "wb").write(data[:300] + np.random.default_rng(0).integers(0, 256, len(data) - 300, np.uint8).tobytes())
+    before = dali_segments()
+    with open(tmp_path / "err", "w+") as err:  # a file, not a pipe, which a worker left behind would hold open
+        proc = subprocess.Popen([sys.executable, "-m", "stafast.evaluate", "--dataset", "mars", "--root", str(root),
+                                 "--checkpoint", reference, "--pipeline", "dali", "--workers", "2"],
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        returncode = proc.wait(timeout=300)
+    lines = open(tmp_path / "err").read().splitlines()
+    assert returncode == 2 and lines[-2:] == [
+        f"python -m stafast.evaluate: error: cannot read frame {frame}: UnidentifiedImageError: cannot identify "
+        f"image file '{frame}'", "  (the traceback: add --debug or set STAFAST_DEBUG=1)"], (returncode, lines[-20:])
+    assert gone(session(proc.pid)) and not dali_segments() - before
 
 
 # ---------------------------------------------------------------------------------------- signals
