@@ -93,6 +93,9 @@ def test_expected_errors_are_one_line_naming_what_and_where(root8, reference, tm
         "--resume: the checkpoint's stage 4 model differs from the one this configuration builds (num_heads: 2 in the "
         "checkpoint, 3 in this run; the settings: heads: 2 in the checkpoint, 3 in this run): resume with the "
         "checkpoint's settings, or train into another --output")
+    with pytest.warns(UserWarning, match=rf"^--resume: {ckpt} was written with other settings \(lr: 0.01 in the "
+                                         r"checkpoint, 0.02 in this run\); training goes on with this run's"):
+        T.main(resumed + ["--lr", "0.02"])  # the other settings: a warning naming each, and training goes on
 
 
 def test_debug_shows_the_traceback_and_user_errors_keep_their_types(tmp_path, capsys, monkeypatch):
