@@ -29,12 +29,14 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
 from stafast import cli
+from stafast.cli import option
 
 from . import _common, examples
 
@@ -49,7 +51,7 @@ def parse_shape(text: str) -> dict:
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
         if key.strip() not in shape or not value.strip().isdigit() or int(value) < 1:
-            raise argparse.ArgumentTypeError(f"--shape: expected KEY=positive int with KEY in {sorted(shape)}, "
+            raise argparse.ArgumentTypeError(f"expected KEY=positive int with KEY in {sorted(shape)}, "
                                              f"got {item!r}")
         shape[key.strip()] = int(value)
     return shape
@@ -225,23 +227,30 @@ def _print(rows: list[dict], out) -> None:
           file=out)
 
 
+@dataclass(kw_only=True)
+class AotConfig:
+    arch: tuple[str, ...] = option(("sm_80", "sm_90"), f"the GPUs to compile for, of {sorted(ARCHS)}",
+                                   metavar="ARCH[,...]")
+    dtype: tuple[str, ...] = option(("bf16", "fp32"), f"the input dtypes, of {sorted(DTYPES)}",
+                                    metavar="DTYPE[,...]")
+    shape: tuple[dict, ...] | None = option(None, f"the op sizes, repeatable; missing keys from {DEFAULT_SHAPE}",
+                                            action="append", type=parse_shape, metavar="K=..,L=..,N=..,D=..[,B=..]")
+    json: str | None = option(None, "write the rows to this file")
+    jobs: int | None = option(None, "compile in this many processes (default: one per CPU)")
+
+    def __post_init__(self):
+        for value, known, flag in ((self.arch, ARCHS, "--arch"), (self.dtype, DTYPES, "--dtype")):
+            bad = [v for v in value if v not in known]
+            if bad:
+                raise ValueError(f"{flag}: unknown {bad}; expected some of {sorted(known)}")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="sm_80,sm_90", help=f"comma-separated, of {sorted(ARCHS)}")
-    p.add_argument("--dtype", default="bf16,fp32", help=f"comma-separated, of {sorted(DTYPES)}")
-    p.add_argument("--shape", action="append", type=parse_shape,
-                   help=f"K=..,L=..,N=..,D=..[,B=..] (repeatable; missing keys from {DEFAULT_SHAPE})")
-    p.add_argument("--json", help="write the rows to this file")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile in this many processes")
-    a = p.parse_args(argv)
+    a = cli.parse(AotConfig, argv, module="stafast.kernels.aot", description=__doc__)
     if _common.INTERPRET:
-        p.error("TRITON_INTERPRET is set: the interpreter does not compile; unset it to compile for a GPU")
-    archs, dtypes = a.arch.split(","), a.dtype.split(",")
-    for value, known, flag in ((archs, ARCHS, "--arch"), (dtypes, DTYPES, "--dtype")):
-        bad = [v for v in value if v not in known]
-        if bad:
-            p.error(f"{flag}: unknown {bad}; expected some of {sorted(known)}")
-    rows = run(a.shape or [dict(DEFAULT_SHAPE)], archs, dtypes, jobs=a.jobs)
+        cli.error(AotConfig, "stafast.kernels.aot",
+                  "TRITON_INTERPRET is set: the interpreter does not compile; unset it to compile for a GPU")
+    rows = run(list(a.shape or [dict(DEFAULT_SHAPE)]), list(a.arch), list(a.dtype), jobs=a.jobs or os.cpu_count() or 1)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -88,8 +88,9 @@ def load_checkpoint(path: str) -> dict:
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
     except Exception as e:  # noqa: BLE001 - torch.load raises many kinds (zip, pickle, EOF) for what it cannot read
+        reason = str(e).split(". ")[0].strip()  # torch's zip reader appends a paragraph of advice
         raise CheckpointError(f"{path} is not a readable checkpoint (a truncated file, or no torch.save file): "
-                              f"{type(e).__name__}: {e}") from e
+                              f"{type(e).__name__}: {reason}") from e
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
         raise CheckpointError(f"{path} is not a stafast.train checkpoint (keys 'model' and 'model_config' expected)")
     fmt = state.get("format")

@@ -152,18 +152,26 @@ def add_fields(parser: argparse.ArgumentParser, config: type, presets: dict[str,
         (groups[group] if group is not None else parser).add_argument(*names, **kw)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser (its subcommands' too), whose usage error is two lines, the error and
+    where the usage is, not the whole usage first (stafast.train's is 40 lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n  (the usage: {self.prog} --help)\n")
+
+
 def build_parser(config: type | dict[str, type], module: str, description: str | None = None,
                  presets: dict[str, dict] | None = None) -> argparse.ArgumentParser:
     """The parser of `python -m <module>` for the dataclass `config`, or one subcommand per entry of
     a dict {name: dataclass} (each with the first line of its docstring as help).  `presets`:
     {"--dataset synthetic": {field: value}}, shown beside the defaults in --help."""
-    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog=f"python -m {module}", description=description,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_debug(parser)
     if not isinstance(config, dict):
         add_fields(parser, config, presets)
         return parser
-    commands = parser.add_subparsers(dest=COMMAND, required=True)
+    commands = parser.add_subparsers(dest=COMMAND, required=True, metavar="{" + ",".join(config) + "}")
     for name, cls in config.items():
         command = commands.add_parser(name, help=summary(cls), description=cls.__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -6,6 +6,7 @@ gallery support), the protocol its leaderboard reports (the default --protocol),
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,6 +80,8 @@ def load_dataset(name: str, root: str | None = None, split: int = 0, protocol: s
         raise ValueError(f"dataset {name} has no protocol {protocol!r}; its protocols are {e.protocols}")
     if e.layout and not root:
         raise DatasetError(f"--root is required for --dataset {name} (the folder holding {e.layout})")
+    if e.layout and not os.path.exists(root):
+        raise DatasetError(f"--root {root} does not exist (--dataset {name}: the folder holding {e.layout})")
     ds = e.make(root, split, protocol)
     for attr in get_protocol(protocol).attrs:
         if not all(attr in t.attrs for t in ds.query + ds.gallery):

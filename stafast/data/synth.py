@@ -28,7 +28,6 @@ in each of its cameras; the gallery holds the others and the distractors (pid 0)
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -42,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from .. import cli
+from ..cli import option
 
 PALETTE = np.array([[200, 30, 30], [30, 120, 200], [30, 160, 60], [230, 200, 40], [120, 40, 160],
                     [240, 130, 20], [20, 20, 20], [235, 235, 235], [120, 80, 40], [100, 100, 110],
@@ -596,37 +596,44 @@ def make_ccvid(out: str, ids: int = 8, test_ids: int = 8, walks: int = 4, frames
 LAYOUTS = {"dukev": make_dukev, "lsvid": make_lsvid, "mevid": make_mevid, "ccvid": make_ccvid}
 
 
+@dataclass(kw_only=True)
+class SynthConfig:
+    """The flags of `python -m stafast.data.synth`; the groups of --help name the layouts that read them."""
+    layout: str = option(help="the published layout to write", choices=("mars", "ilidsvid", "prid2011", "videos",
+                                                                         *LAYOUTS))
+    out: str = option(help="the folder to write the tree into")
+    ids: int = option(16, "training ids (mars, videos, dukev, lsvid, mevid, ccvid)")
+    test_ids: int = option(16, "test ids (mars, videos, dukev, lsvid, mevid, ccvid)")
+    min_frames: int = option(8, "frames per tracklet, at least")
+    max_frames: int | None = option(None, "frames per tracklet, at most (default 16; with --mars-structure: 1)")
+    height: int | None = option(None, "frame height (default 128; with --mars-structure: 16)")
+    width: int | None = option(None, "frame width (default 64; with --mars-structure: 8)")
+    occlusion: float = option(0.3, "probability that a frame has an occluder")
+    seed: int = option(0, "all randomness comes from it")
+    cameras: int = option(3, "cameras, 1..6 (MARS names hold one digit)", "mars and videos")
+    tracklets: int = option(2, "tracklets per id and camera", "mars and videos")
+    part_occlusion: float = option(0.0, "probability that a frame has one body part covered (see Difficulty)", "mars")
+    misalignment: float = option(0.0, "per-frame offset and scale jitter (fraction)", "mars")
+    clutter: int = option(0, "background objects per tracklet", "mars")
+    light: float = option(0.0, "per-camera colour cast, gains in 1 +- LIGHT", "mars")
+    distractors: int = option(4, "distractor tracklets (pid 0) in the gallery", "mars")
+    queries: int | None = option(None, "at most this many query tracklets (default: one per camera of every test "
+                                       "id seen in two or more)", "mars")
+    mars_structure: str | None = option(None, "rebuild the real MARS tables from this info/ folder", "mars",
+                                        metavar="INFO")
+    codec: str = option("vp9", "VP9/WebM or MJPEG/AVI (DALI decodes both on the CPU), H.264/MP4 (GPU only in "
+                               "DALI)", "videos", choices=("vp9", "mjpeg", "h264"))
+    gop: int = option(25, "a keyframe at least every GOP frames", "videos")
+    persons: int = option(300, "persons", "ilidsvid")
+    prid_splits: str | None = option(None, "the published split file to use", "prid2011", metavar="JSON")
+
+    def __post_init__(self):
+        if not 1 <= self.cameras <= 6:
+            raise ValueError(f"--cameras must be in 1..6 (MARS names hold one digit), got {self.cameras}")
+
+
 def main(argv=None) -> str:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layout", required=True, choices=["mars", "ilidsvid", "prid2011", "videos", *LAYOUTS])
-    p.add_argument("--out", required=True)
-    p.add_argument("--ids", type=int, default=16, help="mars, videos, dukev, lsvid, mevid, ccvid: training ids")
-    p.add_argument("--test-ids", type=int, default=16, help="mars, videos, dukev, lsvid, mevid, ccvid: test ids")
-    p.add_argument("--cameras", type=int, default=3, help="mars, videos: cameras (at most 6)")
-    p.add_argument("--tracklets", type=int, default=2, help="mars, videos: tracklets per id and camera")
-    p.add_argument("--codec", default="vp9", choices=["vp9", "mjpeg", "h264"],
-                   help="videos: VP9/WebM or MJPEG/AVI (DALI decodes both on the CPU), H.264/MP4 (GPU only in DALI)")
-    p.add_argument("--gop", type=int, default=25, help="videos: a keyframe at least every GOP frames")
-    p.add_argument("--persons", type=int, default=300, help="ilidsvid: persons")
-    p.add_argument("--min-frames", type=int, default=8)
-    p.add_argument("--max-frames", type=int, help="default 16 (--mars-structure: 1)")
-    p.add_argument("--height", type=int, help="default 128 (--mars-structure: 16)")
-    p.add_argument("--width", type=int, help="default 64 (--mars-structure: 8)")
-    p.add_argument("--occlusion", type=float, default=0.3, help="probability that a frame has an occluder")
-    p.add_argument("--part-occlusion", type=float, default=0.0,
-                   help="mars: probability that a frame has one body part covered (see Difficulty)")
-    p.add_argument("--misalignment", type=float, default=0.0, help="mars: per-frame offset and scale jitter (fraction)")
-    p.add_argument("--clutter", type=int, default=0, help="mars: background objects per tracklet")
-    p.add_argument("--light", type=float, default=0.0, help="mars: per-camera colour cast, gains in 1 +- LIGHT")
-    p.add_argument("--distractors", type=int, default=4, help="mars: distractor tracklets (pid 0) in the gallery")
-    p.add_argument("--queries", type=int, help="mars: at most this many query tracklets (default: one per camera "
-                                               "of every test id seen in two or more)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mars-structure", metavar="INFO", help="rebuild the real MARS tables from this info/ folder")
-    p.add_argument("--prid-splits", metavar="JSON", help="prid2011: the published split file to use")
-    a = p.parse_args(argv)
-    if not 1 <= a.cameras <= 6:
-        p.error(f"--cameras must be in 1..6 (MARS names hold one digit), got {a.cameras}")
+    a = cli.parse(SynthConfig, argv, module="stafast.data.synth", description=__doc__)
     tiny = a.layout == "mars" and a.mars_structure  # 20,478 tracklets: tiny frames by default
     a.max_frames = a.max_frames or (1 if tiny else 16)
     a.min_frames = min(a.min_frames, a.max_frames)
