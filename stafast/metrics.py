@@ -164,16 +164,22 @@ def block_masks(protocol: Protocol, q: dict, g: dict):
     return keep, good
 
 
-def chance_rank1(q_pids, g_pids, q_camids, g_camids, protocol: str = "official", chunk: int = 256, *,
-                 q_attrs=None, g_attrs=None) -> float:
-    """Expected rank-1 of random distances: per counted query, good / kept gallery items."""
+def chance_rank1(q_pids, g_pids, q_camids, g_camids, protocol: str = "official", chunk: int = 256,
+                 gallery_chunk: int = 65536, *, q_attrs=None, g_attrs=None) -> float:
+    """Expected rank-1 of random distances: per counted query, good / kept gallery items (counted
+    over blocks of chunk x gallery_chunk, so any gallery size fits)."""
     p = get_protocol(protocol)
     q, g = _items(q_pids, q_camids, q_attrs, p, "q"), _items(g_pids, g_camids, g_attrs, p, "g")
     rates = []
     for s in range(0, len(q["pids"]), chunk):
-        keep, good = block_masks(p, _rows(q, slice(s, s + chunk)), _cols(g))
-        rate = good.sum(1).double() / keep.sum(1).clamp(min=1).double()
-        rates.append(rate[good.any(1)] if p.skip_unmatched else rate)
+        rows = _rows(q, slice(s, s + chunk))
+        kept, good = torch.zeros(2, len(rows["pids"]), dtype=torch.float64)
+        for t in range(0, len(g["pids"]), gallery_chunk):
+            k, gd = block_masks(p, rows, _cols({n: v[t:t + gallery_chunk] for n, v in g.items()}))
+            kept += k.sum(1)
+            good += gd.sum(1)
+        rate = good / kept.clamp(min=1)
+        rates.append(rate[good > 0] if p.skip_unmatched else rate)
     rates = torch.cat(rates) if rates else torch.zeros(0)
     return float(rates.mean()) if len(rates) else 0.0
 
