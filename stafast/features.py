@@ -89,3 +89,28 @@ class Features:
         if missing:
             raise ValueError(f"{path}: features file without {missing}")
         return cls(d["features"], d["pids"], d["camids"], d["paths"], d["attrs"], d["splits"], d["meta"])
+
+
+def synthetic_features(num_query: int, num_gallery: int, dim: int = 128, per_id: int = 5, cameras: int = 6,
+                       latent: int = 16, camera_shift: float = 0.3, noise: float = 0.5, seed: int = 0) -> Features:
+    """Features with id structure, for benchmarks and tests.  Gallery tracklet i is person i // per_id
+    in a random camera; persons' appearance centres are random in a `latent`-dimensional subspace (as
+    learnt embeddings occupy few directions); a tracklet's feature is its person's centre plus its
+    camera's offset (norm camera_shift) plus Gaussian noise (norm `noise`), L2-normalised.  Each query
+    is one more tracklet of a distinct gallery person.  Split 0: the queries (the rows after the
+    gallery) against the gallery."""
+    g = torch.Generator().manual_seed(seed)
+    ids = -(-num_gallery // per_id)
+    if num_query > ids:
+        raise ValueError(f"{num_query} queries need as many gallery persons, {num_gallery} / {per_id} -> {ids}")
+    unit = torch.nn.functional.normalize
+    centres = unit(torch.randn(ids, latent, generator=g) @ torch.randn(latent, dim, generator=g), dim=1)
+    shifts = camera_shift * unit(torch.randn(cameras, dim, generator=g), dim=1)
+    pids = torch.cat([torch.arange(num_gallery) // per_id, torch.randperm(ids, generator=g)[:num_query]])
+    camids = torch.randint(0, cameras, (len(pids),), generator=g)
+    feats = centres[pids] + shifts[camids]
+    feats += torch.randn(len(pids), dim, generator=g).mul_(noise / dim ** 0.5)
+    rows = torch.arange(len(pids))
+    return Features(unit(feats, dim=1), pids, camids + 1, [f"synthetic/{i}" for i in range(len(pids))],
+                    splits={0: {"query": rows[num_gallery:], "gallery": rows[:num_gallery]}},
+                    meta={"dataset": "synthetic-features", "protocol": "official", "seed": seed})
