@@ -24,19 +24,20 @@ process 0 writes the file.
 """
 from __future__ import annotations
 
-import argparse
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from . import cli
 from .checkpoint import load_model
+from .cli import option
 from .data import DatasetError, Tracklet, default_protocol
 from .data.datasets import MARS_NAME, _sorted_frames
 from .data.video import VIDEO_EXTS, video_tracklet
 from .distributed import setup_distributed
-from .evaluate import HelpFormatter, add_model_args, amp_dtype, extract, features_from_model
+from .evaluate import DatasetOptions, amp_dtype, extract, features_from_model
 from .features import Features
 
 
@@ -87,7 +88,7 @@ def embed(model, tracklets: list, num_frames: int, height: int, width: int, **kw
     return feats
 
 
-def inputs_features(a, device: torch.device) -> Features:
+def inputs_features(a: "EmbedConfig", device: torch.device) -> Features:
     """The features of the folders / video files given, one tracklet each."""
     model, state = load_model(a.checkpoint, str(device))
     cfg = state["config"]
@@ -104,18 +105,24 @@ def inputs_features(a, device: torch.device) -> Features:
                           "height": cfg.height, "width": cfg.width})
 
 
+@dataclass(kw_only=True)
+class EmbedConfig(DatasetOptions):
+    inputs: tuple[str, ...] = option((), "folders of frames or video files, one tracklet each (or --dataset)",
+                                     positional=True, nargs="*")
+    checkpoint: str = option(help="a stafast.train checkpoint.pt")
+    output: str = option(help=".pt: a features file; .npy: an array (inputs only)")
+
+    def __post_init__(self):
+        if bool(self.inputs) == bool(self.dataset):
+            raise ValueError("give folders of frames / video files, or --dataset (one of them)")
+        if not self.output.endswith((".npy", ".pt")) or (self.dataset and not self.output.endswith(".pt")):
+            raise ValueError(f"--output must end with .pt{'' if self.dataset else ' or .npy'}, got {self.output}")
+        if self.dataset:
+            self.protocol = self.protocol or default_protocol(self.dataset)
+
+
 def main(argv=None) -> np.ndarray | None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("inputs", nargs="*", help="folders of frames or video files, one tracklet each (or --dataset)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--output", required=True, help=".pt: a features file; .npy: an array (inputs only)")
-    add_model_args(p)
-    a = p.parse_args(argv)
-    if bool(a.inputs) == bool(a.dataset):
-        p.error("give folders of frames / video files, or --dataset (one of them)")
-    if not a.output.endswith((".npy", ".pt")) or (a.dataset and not a.output.endswith(".pt")):
-        p.error(f"--output must end with .pt{'' if a.dataset else ' or .npy'}, got {a.output}")
-    a.protocol = (a.protocol or default_protocol(a.dataset)) if a.dataset else None
+    a = cli.parse(EmbedConfig, argv, module="stafast.embed", description=__doc__)
     rank, _, device = setup_distributed()
     try:
         feats = features_from_model(a, device) if a.dataset else inputs_features(a, device)

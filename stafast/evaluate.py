@@ -17,8 +17,9 @@ prefixed rerank_.
 """
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,22 +27,20 @@ import torch.nn.functional as F
 
 from . import cli
 from .checkpoint import load_model
+from .cli import option
 from .data import DATASET_NAMES, PIPELINES, ClipPlan, build_loader, default_protocol, load_dataset
 from .distributed import gather_rows, setup_distributed, shard, world
-from .features import Features
+from .features import Features, load_for_command
 from .metrics import PROTOCOLS, chance_rank1, evaluate, evaluate_features, feature_distances, get_protocol, ranks, rerank
 from .progress import progress_bar
 
+MODULE = "stafast.evaluate"
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 
 def amp_dtype(name: str, device: torch.device):
     """The autocast dtype of --amp `name` on `device`: none on the CPU (fp32)."""
     return AMP[name] if device.type == "cuda" else None
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module doc as written, and every flag's default in --help."""
 
 
 def extract(model, tracklets, num_frames: int, height: int, width: int, batch_size: int = 16, all_frames: bool = False,
@@ -145,11 +144,11 @@ def reranked_metrics(qf, gf, q_pids, g_pids, q_camids, g_camids, protocol: str, 
     return {f"rerank_{k}": v for k, v in {**ranks(result), "mAP": result["mAP"]}.items()}
 
 
-def features_from_model(a, device: torch.device) -> Features:
-    """The features of --dataset's --split(s), embedded with --checkpoint (shared out under torchrun)."""
+def features_from_model(a: DatasetOptions, device: torch.device) -> Features:
+    """The features of --dataset's --split(s), embedded with a.checkpoint (shared out under torchrun)."""
     model, state = load_model(a.checkpoint, str(device))
     cfg = state["config"]
-    splits = range(10) if a.split == "all" else [int(a.split or 0)]
+    splits = range(10) if a.split == "all" else [a.split or 0]
     datasets = {s: load_dataset(a.dataset, a.root or cfg.root, split=s, protocol=a.protocol) for s in splits}
     meta = {"dataset": a.dataset, "protocol": a.protocol, "checkpoint": a.checkpoint, "all_frames": a.all_frames,
             "frames": cfg.frames, "height": cfg.height, "width": cfg.width}
@@ -161,41 +160,46 @@ def features_from_model(a, device: torch.device) -> Features:
                             amp_dtype=amp_dtype(a.amp, device), distributed=True)
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The flags that embed a dataset with --checkpoint (evaluate and embed)."""
-    p.add_argument("--dataset", choices=DATASET_NAMES)
-    p.add_argument("--root", help="dataset root (synthetic: the generated tree; default: the training cache)")
-    p.add_argument("--protocol", choices=tuple(PROTOCOLS),
-                   help="default: the dataset's leaderboard one (stafast.data.default_protocol), or the features file's")
-    p.add_argument("--split", help="iLIDS-VID / PRID2011 split 0..9, or 'all' for the 10 splits (default: 0; "
-                   "with --features, the file's splits)")
-    p.add_argument("--all-frames", action="store_true", help="average all clips of N frames instead of first frames")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--pipeline", default="auto", choices=PIPELINES)
-    p.add_argument("--amp", default="bf16", choices=tuple(AMP), help="autocast dtype on a GPU (the CPU runs fp32)")
+@dataclass(kw_only=True)
+class DatasetOptions:
+    """How a dataset is embedded with a checkpoint (evaluate and embed)."""
+    dataset: str | None = option(None, "embed this dataset's query and gallery", "dataset", DATASET_NAMES)
+    root: str | None = option(None, "its root (synthetic: the generated tree; default: the checkpoint's)", "dataset")
+    protocol: str | None = option(None, "evaluation protocol (default: the dataset's leaderboard one, "
+                                  "stafast.data.default_protocol; with --features, the file's)", "dataset", PROTOCOLS)
+    split: int | Literal["all"] | None = option(None, "iLIDS-VID / PRID2011 split 0..9, or all: the 10 splits, each "
+                                                "tracklet embedded once (default: 0; with --features, the file's "
+                                                "splits)", "dataset")
+    all_frames: bool = option(False, "average all clips of N frames instead of the first frames", "embedding")
+    batch_size: int = option(16, "clips per batch", "embedding")
+    workers: int = option(2, "loader workers", "embedding")
+    pipeline: str = option("auto", "clip pipeline", "embedding", PIPELINES)
+    amp: str = option("bf16", "autocast dtype on a GPU (the CPU runs fp32)", "embedding", AMP)
+
+
+@dataclass(kw_only=True)
+class EvaluateConfig(DatasetOptions):
+    features: str | None = option(None, "evaluate this features file (python -m stafast.embed) instead of a model")
+    checkpoint: str | None = option(None, "a stafast.train checkpoint.pt (with --dataset)")
+    output: str | None = option(None, "write the metrics here as JSON")
+    rerank: bool = option(False, "also report CMC/mAP after k-reciprocal re-ranking (keys rerank_*)")
+
+    def __post_init__(self):
+        if bool(self.features) == bool(self.checkpoint and self.dataset):
+            raise ValueError("give --features F, or --checkpoint and --dataset (one of them)")
+        if self.dataset:
+            self.protocol = self.protocol or default_protocol(self.dataset)
 
 
 def main(argv=None) -> dict | None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--features", help="evaluate this features file (python -m stafast.embed) instead of a model")
-    p.add_argument("--checkpoint")
-    add_model_args(p)
-    p.add_argument("--output", help="write the metrics here as JSON")
-    p.add_argument("--rerank", action="store_true",
-                   help="also report CMC/mAP after k-reciprocal re-ranking (keys rerank_*)")
-    a = p.parse_args(argv)
+    a = cli.parse(EvaluateConfig, argv, module=MODULE, description=__doc__)
     if a.features:
-        feats = Features.load(a.features)
-        protocol, splits = file_protocol(p, a, feats), file_splits(p, a, feats)
-        rank = 0
-    elif a.checkpoint and a.dataset:
-        a.protocol = protocol = a.protocol or default_protocol(a.dataset)
-        rank, _, device = setup_distributed()
-        feats = features_from_model(a, device)
-        splits = sorted(feats.splits)
+        feats = load_for_command(Features.load, a.features, EvaluateConfig, MODULE)
+        protocol, splits, rank = file_protocol(a, feats), file_splits(a, feats), 0
     else:
-        p.error("give --features F, or --checkpoint and --dataset")
+        rank, _, device = setup_distributed()
+        feats, protocol = features_from_model(a, device), a.protocol
+        splits = sorted(feats.splits)
     try:
         return None if rank else report(a, feats, protocol, splits)  # process 0 evaluates
     finally:
@@ -203,25 +207,25 @@ def main(argv=None) -> dict | None:
             torch.distributed.destroy_process_group()
 
 
-def file_protocol(p: argparse.ArgumentParser, a, feats: Features) -> str:
+def file_protocol(a: EvaluateConfig, feats: Features) -> str:
     """--protocol, or the one the file was embedded for; refused where the file's galleries were built
     for another one (MARS official / toolbox galleries differ)."""
     protocol = a.protocol or feats.meta["protocol"]
     built_for = feats.meta.get("gallery_protocol")
     if built_for is not None and built_for != protocol:
-        p.error(f"{a.features}: its galleries were built for protocol {built_for!r} (the {feats.meta.get('dataset')} "
-                f"gallery depends on it); embed again with --protocol {protocol}")
+        cli.error(EvaluateConfig, MODULE, f"{a.features}: its galleries were built for protocol {built_for!r} (the "
+                  f"{feats.meta.get('dataset')} gallery depends on it); embed again with --protocol {protocol}")
     return protocol
 
 
-def file_splits(p: argparse.ArgumentParser, a, feats: Features) -> list:
+def file_splits(a: EvaluateConfig, feats: Features) -> list:
     """--split's splits of the file (all of them by default)."""
     if a.split in (None, "all"):
         splits = sorted(feats.splits)
     else:
-        splits = [int(a.split)]
+        splits = [a.split]
     if not splits or any(s not in feats.splits for s in splits):
-        p.error(f"{a.features} holds splits {sorted(feats.splits)}, not {a.split or 'any'}")
+        cli.error(EvaluateConfig, MODULE, f"{a.features} holds splits {sorted(feats.splits)}, not {a.split or 'any'}")
     return splits
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import cli
+
 FORMAT = "stafast.features/1"
 
 
@@ -89,6 +91,15 @@ class Features:
         if missing:
             raise ValueError(f"{path}: features file without {missing}")
         return cls(d["features"], d["pids"], d["camids"], d["paths"], d["attrs"], d["splits"], d["meta"])
+
+
+def load_for_command(load, path: str, config: type | dict, module: str):
+    """load(path) for the command line `python -m <module>` (parser: stafast.cli over `config`): a
+    missing, unreadable or foreign file is a usage error, one line naming the file (exit status 2)."""
+    try:
+        return load(path)
+    except (FileNotFoundError, ValueError) as e:
+        cli.error(config, module, str(e))
 
 
 def synthetic_features(num_query: int, num_gallery: int, dim: int = 128, per_id: int = 5, cameras: int = 6,

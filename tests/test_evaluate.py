@@ -2,6 +2,7 @@
 tracklet once, and evaluation shared out over torchrun processes (gloo) giving the one-process figures."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -94,20 +95,34 @@ def test_shards_cover_the_list_in_order():
     assert [shard([8, 1, 1, 1, 1], r, 2) for r in range(2)] == [slice(0, 1), slice(1, 5)]  # by cost, not by count
 
 
-def test_embed_under_torchrun_gathers_the_rows_in_order(checkpoint, tmp_path):
-    root = load_dataset_root(checkpoint)
-    args = ["--checkpoint", checkpoint, "--dataset", "synthetic", "--root", root, *FAST]
-    run = torchrun("stafast.embed", *args, "--output", str(tmp_path / "two.pt"))
-    assert run.returncode == 0, run.stderr[-3000:]
-    embed.main([*args, "--output", str(tmp_path / "one.pt")])
-    two, one = Features.load(str(tmp_path / "two.pt")), Features.load(str(tmp_path / "one.pt"))
-    assert two.paths == one.paths and len(two) > 10
-    torch.testing.assert_close(two.features, one.features, rtol=0, atol=1e-6)
-
-
 def load_dataset_root(checkpoint: str) -> str:
     """The (tiny) training set of the checkpoint."""
     return torch.load(checkpoint, weights_only=False)["config"]["root"]
+
+
+@pytest.mark.parametrize("main, argv, message", [
+    (E.main, ["--features", "{tmp}/nope.pt"], "features file .*nope.pt does not exist"),
+    (E.main, ["--features", "{tmp}/old.pt"], ".*old.pt is not a features file of format"),
+    (E.main, ["--checkpoint", "c.pt"], r"give --features F, or --checkpoint and --dataset \(one of them\)"),
+    (E.main, ["--features", "f.pt", "--split", "one"], "argument --split: expected an integer or one of"),
+    (embed.main, ["--checkpoint", "c.pt", "--output", "e.txt", "folder"], "--output must end with .pt or .npy"),
+    (embed.main, ["--checkpoint", "c.pt", "--output", "e.pt"], "give folders of frames / video files, or --dataset"),
+])
+def test_command_lines_name_bad_input_in_one_line(main, argv, message, tmp_path, capsys):
+    torch.save({"embeddings": torch.zeros(2, 3)}, tmp_path / "old.pt")
+    with pytest.raises(SystemExit) as stop:
+        main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and re.fullmatch(f"python -m stafast.(evaluate|embed): error: {message}.*",
+                                                 err.splitlines()[-1]), err
+
+
+def test_help_names_the_module(capsys):
+    for main, module in ((E.main, "stafast.evaluate"), (embed.main, "stafast.embed")):
+        with pytest.raises(SystemExit) as stop:
+            main(["--help"])
+        out = capsys.readouterr().out
+        assert stop.value.code == 0 and out.startswith(f"usage: python -m {module} ") and "(default: 16)" in out
 
 
 def test_features_file_errors(tmp_path):
