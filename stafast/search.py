@@ -22,17 +22,20 @@ serialised FAISS index, uint8), "pids", "camids", "paths"}.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from . import cli
+from .cli import option
 from .extras import require
-from .features import Features
+from .features import Features, load_for_command
 
 FORMAT = "stafast.index/1"
+MODULE = "stafast.search"
 
 
 def _faiss():
@@ -58,7 +61,7 @@ def _flat(faiss, dim: int, n: int):
 
 
 # kind -> builder(faiss, dim, n, **params) -> (faiss index, its parameters); the defaults reach
-# recall@10 >= 0.95 on bench/test_search.py's 1,000,000 synthetic features
+# recall@10 >= 0.95 on the synthetic features of bench/large_gallery.py (200,000 and 1,000,000)
 KINDS = {"flat": _flat, "ivfpq": _ivfpq, "hnsw": _hnsw}
 SEARCH_PARAMS = ("nprobe", "k_factor_rf", "efSearch")  # set on the index before each search
 
@@ -195,41 +198,63 @@ def _on_gpu(index) -> bool:
     return "Gpu" in type(index).__name__
 
 
-def rows_of(features: Features, split, part: str) -> Features:
-    """The `part` rows of `split` of a features file, or all of them when it has no splits."""
+def rows_of(path: str, split, part: str) -> Features:
+    """The `part` rows of `split` of the features file `path`, or all of them when it has no splits."""
+    features = Features.load(path)
     if not features.splits:
         return features
-    return features.part(sorted(features.splits)[0] if split is None else split, part)
+    split = sorted(features.splits)[0] if split is None else split
+    if split not in features.splits:
+        raise ValueError(f"{path} holds splits {sorted(features.splits)}, not {split}")
+    return features.part(split, part)
+
+
+@dataclass(kw_only=True)
+class BuildConfig:
+    """Index the gallery of a features file."""
+    features: str = option(help="a features file (python -m stafast.embed)")
+    kind: str = option("flat", "index kind", choices=KINDS)
+    split: int | None = option(None, "which split's gallery (default: the first; every row of a file without splits)")
+    gpu: bool = option(False, "build on the GPU (FAISS GPU build; flat and ivfpq)")
+    output: str = option(help="the index file to write")
+
+
+@dataclass(kw_only=True)
+class QueryConfig:
+    """The top-k gallery items of each query of a features file."""
+    index: str = option(help="an index file (build)")
+    features: str = option(help="a features file (python -m stafast.embed)")
+    split: int | None = option(None, "which split's queries (default: the first; every row of a file without splits)")
+    topk: int = option(10, "gallery items per query")
+    exclude_same_camera: bool = option(False, "leave out gallery items of the query's camera")
+    gpu: bool = option(False, "search on the GPU (FAISS GPU build; flat and ivfpq)")
+    output: str = option(help="the results (JSON)")
+
+    def __post_init__(self):
+        if self.topk < 1:
+            raise ValueError(f"--topk must be at least 1, got {self.topk}")
+
+
+COMMANDS = {"build": BuildConfig, "query": QueryConfig}
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m stafast.search", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="index the gallery of a features file")
-    b.add_argument("--features", required=True)
-    b.add_argument("--kind", default="flat", choices=tuple(KINDS))
-    b.add_argument("--split", type=int, help="which split's gallery (default: the first; all rows without splits)")
-    b.add_argument("--gpu", action="store_true", help="build on the GPU (FAISS GPU build; flat and ivfpq)")
-    b.add_argument("--output", required=True)
-    q = sub.add_parser("query", help="the top-k gallery items of each query of a features file")
-    q.add_argument("--index", required=True)
-    q.add_argument("--features", required=True)
-    q.add_argument("--split", type=int, help="which split's queries (default: the first; all rows without splits)")
-    q.add_argument("--topk", type=int, default=10)
-    q.add_argument("--exclude-same-camera", action="store_true", help="leave out gallery items of the query's camera")
-    q.add_argument("--gpu", action="store_true")
-    q.add_argument("--output", required=True, help="results as JSON")
-    a = p.parse_args(argv)
-    if a.command == "build":
-        g = rows_of(Features.load(a.features), a.split, "gallery")
-        index = GalleryIndex.build(g.features, g.pids, g.camids, g.paths, kind=a.kind, gpu=a.gpu)
-        index.save(a.output)
-        recall = "" if index.recall is None else f", recall@10 {index.recall:.3f} against the exact search"
-        print(f"{a.kind} index of {len(index)} gallery items{recall}: {a.output}")
-        return {"kind": a.kind, "size": len(index), "recall@10": index.recall, "params": index.params}
-    index = GalleryIndex.load(a.index, gpu=a.gpu)
-    qs = rows_of(Features.load(a.features), a.split, "query")
+    a = cli.parse(COMMANDS, argv, module=MODULE, description=__doc__)
+    return build(a) if isinstance(a, BuildConfig) else query(a)
+
+
+def build(a: BuildConfig) -> dict:
+    g = load_for_command(lambda path: rows_of(path, a.split, "gallery"), a.features, COMMANDS, MODULE)
+    index = GalleryIndex.build(g.features, g.pids, g.camids, g.paths, kind=a.kind, gpu=a.gpu)
+    index.save(a.output)
+    recall = "" if index.recall is None else f", recall@10 {index.recall:.3f} against the exact search"
+    print(f"{a.kind} index of {len(index)} gallery items{recall}: {a.output}")
+    return {"kind": a.kind, "size": len(index), "recall@10": index.recall, "params": index.params}
+
+
+def query(a: QueryConfig) -> dict:
+    index = load_for_command(lambda path: GalleryIndex.load(path, gpu=a.gpu), a.index, COMMANDS, MODULE)
+    qs = load_for_command(lambda path: rows_of(path, a.split, "query"), a.features, COMMANDS, MODULE)
     dist, rows = index.search(qs.features, a.topk, qs.camids.numpy() if a.exclude_same_camera else None)
     results = {"index": a.index, "kind": index.kind, "recall@10": index.recall, "topk": a.topk,
                "exclude_same_camera": a.exclude_same_camera,

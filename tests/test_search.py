@@ -1,7 +1,8 @@
 """stafast.search: the FAISS gallery index (exact flat search, recall of the approximate kinds,
-same-camera exclusion, save/load, the command line).  The 200,000-feature check is bench/test_search.py."""
-import builtins
+same-camera exclusion, save/load, the command line).  The 200,000-feature check: bench/large_gallery.py search."""
 import json
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -11,8 +12,17 @@ from stafast import search
 from stafast.features import synthetic_features
 from stafast.metrics import feature_distances
 
-pytest.importorskip("faiss")
+faiss = pytest.importorskip("faiss")
 GalleryIndex = search.GalleryIndex
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """FAISS's OpenMP threads spin while they wait: on 2 shared cores one thread is many times faster."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +91,24 @@ def test_command_line(data, tmp_path):
     assert first["matches"][0]["path"].startswith("synthetic/")
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["build", "--features", "{tmp}/nope.pt", "--output", "g.idx"], "features file .*nope.pt does not exist"),
+    (["build", "--features", "{tmp}/f.pt", "--split", "3", "--output", "g.idx"], r".*f.pt holds splits \[0\], not 3"),
+    (["build", "--features", "{tmp}/f.pt", "--kind", "lsh", "--output", "g.idx"], "argument --kind: invalid choice"),
+    (["query", "--index", "{tmp}/f.pt", "--features", "{tmp}/f.pt", "--output", "r.json"],
+     ".*f.pt is not a stafast.search index"),
+    (["query", "--index", "g.idx", "--features", "f.pt", "--topk", "0", "--output", "r.json"],
+     "--topk must be at least 1"),
+])
+def test_command_line_names_bad_input_in_one_line(argv, message, tmp_path, capsys):
+    synthetic_features(4, 100, seed=3).save(str(tmp_path / "f.pt"))
+    with pytest.raises(SystemExit) as stop:
+        search.main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and re.match(f"python -m stafast.search( build| query)?: error: {message}",
+                                             err.splitlines()[-1]), err
+
+
 def test_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="kind must be one of"):
         GalleryIndex.build(torch.randn(10, 8), kind="lsh")
@@ -92,10 +120,8 @@ def test_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="3 features need as many pids, camids and paths, got 2"):
         index.add(torch.randn(3, 8), pids=[1, 2])
     torch.save({"x": 1}, tmp_path / "bad.idx")
-    with pytest.raises(ValueError, match="is not a stafast.search index"):
+    with pytest.raises(ValueError, match="bad.idx is not a stafast.search index"):
         GalleryIndex.load(str(tmp_path / "bad.idx"))
-    real_import = builtins.__import__
-    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
-                        if name == "faiss" else real_import(name, *a, **k))
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if not installed
     with pytest.raises(ImportError, match=r"pip install 'stafast\[search\]'"):
         GalleryIndex.build(torch.randn(10, 8))
