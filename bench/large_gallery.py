@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import time
 
@@ -34,18 +35,27 @@ def rss_mb(field: str) -> float:
         return int(next(line for line in f if line.startswith(field)).split()[1]) / 1024
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far (all its threads)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def peak_beyond(run):
-    """(run()'s result, seconds, peak resident MB beyond what was resident before it)."""
+    """(run()'s result, wall seconds, CPU seconds, peak resident MB beyond what was resident before it).
+    On a shared machine the CPU seconds are the fair figure: a quiet one would take about
+    cpu / threads of wall time where the work is parallel."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # VmHWM := VmRSS
-    before, t = rss_mb("VmRSS:"), time.perf_counter()
+    before, t, c = rss_mb("VmRSS:"), time.perf_counter(), cpu_seconds()
     out = run()
-    return out, time.perf_counter() - t, rss_mb("VmHWM:") - before
+    return out, time.perf_counter() - t, cpu_seconds() - c, rss_mb("VmHWM:") - before
 
 
 def environment(a) -> dict:
     env = {"torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or
-           platform.machine(), "threads": torch.get_num_threads(), "loadavg": os.getloadavg()}
+           platform.machine(), "threads": torch.get_num_threads(), "loadavg": os.getloadavg(),
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
     if a.device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
     return env
@@ -61,9 +71,9 @@ def bench_evaluate(a) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    result, seconds, peak = peak_beyond(run)
+    result, seconds, cpu, peak = peak_beyond(run)
     out = {"what": "evaluate_features", "queries": a.queries, "gallery": a.gallery, "dim": qf.shape[1],
-           "device": a.device, "seconds": seconds, "peak_rss_mb_beyond_inputs": peak,
+           "device": a.device, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb_beyond_inputs": peak,
            "inputs_mb": (qf.numel() + gf.numel()) * 4 / 2 ** 20, "dense_matrix_mb": a.queries * a.gallery * 4 / 2 ** 20,
            "mAP": result["mAP"], "rank1": float(result["cmc"][0]), "num_valid_queries": result["num_valid_queries"]}
     if a.device == "cuda":
@@ -77,14 +87,12 @@ def bench_search(a) -> dict:
     q, g = f.part(0, "query"), f.part(0, "gallery")
     rows, exact = {}, None
     for kind in a.kinds.split(","):
-        t = time.perf_counter()
-        index = GalleryIndex.build(g.features, g.pids, g.camids, g.paths, kind=kind, measure_recall=a.check)
-        built = time.perf_counter() - t
-        t = time.perf_counter()
-        dist, found = index.search(q.features, a.topk)
-        searched = time.perf_counter() - t
-        row = {"build_s": built, "query_s": searched, "queries_per_s": a.queries / searched, "params": index.params,
-               "recall_at_10_build_sample": index.recall}
+        index, built, built_cpu, _ = peak_beyond(lambda: GalleryIndex.build(
+            g.features, g.pids, g.camids, g.paths, kind=kind, measure_recall=a.check))
+        (dist, found), searched, searched_cpu, _ = peak_beyond(lambda: index.search(q.features, a.topk))
+        row = {"build_s": built, "build_cpu_s": built_cpu, "query_s": searched, "query_cpu_s": searched_cpu,
+               "queries_per_s": a.queries / searched, "queries_per_cpu_s": a.queries / searched_cpu,
+               "params": index.params, "recall_at_10_build_sample": index.recall}
         if kind == "flat":  # the exact top-k (float64 products): the same neighbours, up to float32 near-ties
             exact = found
             want_d, want = torch.sort(feature_distances(q.features[:a.check], g.features).double(), dim=1, stable=True)
