@@ -46,7 +46,7 @@ def test_evaluate_features_mars_scale(benchmark, impl):
     rng = np.random.default_rng(0)
     gf = torch.from_numpy((rng.standard_normal((pids.max() + 2, 128))[pids + 1]
                            + 1.6 * rng.standard_normal((len(pids), 128))).astype(np.float32))
-    qf = gf[query] + torch.randn(len(query), 128)
+    qf = gf[query] + torch.from_numpy(rng.standard_normal((len(query), 128)).astype(np.float32))  # the same in both
     ids = (pids[query], pids, cams[query], cams)
     run = {"dense": lambda: evaluate(feature_distances(qf, gf), *ids),
            "features": lambda: evaluate_features(qf, gf, *ids)}[impl]
