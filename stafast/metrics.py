@@ -164,16 +164,22 @@ def block_masks(protocol: Protocol, q: dict, g: dict):
     return keep, good
 
 
-def chance_rank1(q_pids, g_pids, q_camids, g_camids, protocol: str = "official", chunk: int = 256, *,
-                 q_attrs=None, g_attrs=None) -> float:
-    """Expected rank-1 of random distances: per counted query, good / kept gallery items."""
+def chance_rank1(q_pids, g_pids, q_camids, g_camids, protocol: str = "official", chunk: int = 256,
+                 gallery_chunk: int = 65536, *, q_attrs=None, g_attrs=None) -> float:
+    """Expected rank-1 of random distances: per counted query, good / kept gallery items (counted
+    over blocks of chunk x gallery_chunk, so any gallery size fits)."""
     p = get_protocol(protocol)
     q, g = _items(q_pids, q_camids, q_attrs, p, "q"), _items(g_pids, g_camids, g_attrs, p, "g")
     rates = []
     for s in range(0, len(q["pids"]), chunk):
-        keep, good = block_masks(p, _rows(q, slice(s, s + chunk)), _cols(g))
-        rate = good.sum(1).double() / keep.sum(1).clamp(min=1).double()
-        rates.append(rate[good.any(1)] if p.skip_unmatched else rate)
+        rows = _rows(q, slice(s, s + chunk))
+        kept, good = torch.zeros(2, len(rows["pids"]), dtype=torch.float64)
+        for t in range(0, len(g["pids"]), gallery_chunk):
+            k, gd = block_masks(p, rows, _cols({n: v[t:t + gallery_chunk] for n, v in g.items()}))
+            kept += k.sum(1)
+            good += gd.sum(1)
+        rate = good / kept.clamp(min=1)
+        rates.append(rate[good > 0] if p.skip_unmatched else rate)
     rates = torch.cat(rates) if rates else torch.zeros(0)
     return float(rates.mean()) if len(rates) else 0.0
 
@@ -289,10 +295,11 @@ def _by_row(row: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]
 
 def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, protocol: str = "official", max_rank: int = 50,
                       *, q_attrs: dict | None = None, g_attrs: dict | None = None, query_block: int = 1024,
-                      gallery_block: int = 2048) -> dict:
+                      gallery_block: int | None = None) -> dict:
     """What evaluate(feature_distances(qf, gf), ...) returns, computed block by block on the
     features' device without the (queries x gallery) matrix: beyond small per-query tables, memory
-    grows with query_block x gallery_block, not with the gallery.
+    grows with query_block x gallery_block (default 2048 on the CPU, 65536 on a GPU, where fewer,
+    larger blocks launch fewer kernels), not with the gallery.
 
     AP and CMC need, for each good match, its rank among the kept items: 1 + the kept items that
     rank before it (by distance, then gallery index, as evaluate's stable sort).  Good matches are
@@ -317,6 +324,7 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, protocol: str 
         raise ValueError(f"ids must have one entry per feature: qf {len(qf)} rows, q ids {len(q['pids'])}; "
                          f"gf {len(gf)} rows, g ids {len(g['pids'])}")
     g_by_pid, g_order = torch.sort(g["pids"], stable=True)
+    gallery_block = gallery_block or (65536 if qf.is_cuda else 2048)
     blocks = [_QueryBlock(p, {k: v[s:s + query_block] for k, v in q.items()}, qf[s:s + query_block], g, gf,
                           g_by_pid, g_order) for s in range(0, len(qf), query_block)]
     busy = [b for b in blocks if b.goods is not None]

@@ -73,9 +73,9 @@ def test_embed_folders(trained, tmp_path, ext):
         emb = np.load(out)
         assert open(out + ".names.txt").read().split() == names
     else:
-        saved = torch.load(out)
-        emb = saved["embeddings"].numpy()
-        assert saved["names"] == names
+        saved = torch.load(out, weights_only=True)  # a features file (stafast.features)
+        emb = saved["features"].numpy()
+        assert saved["paths"] == names and saved["pids"].tolist() == [-1] * len(names)
     assert emb.shape == (len(names), 128)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, rtol=1e-5)
 
@@ -95,8 +95,8 @@ def test_embed_a_video_file(trained, tmp_path):
             container.mux(packet)
     out = str(tmp_path / "v.pt")
     embed.main(["--checkpoint", ckpt, "--output", out, "--workers", "0", path])
-    saved = torch.load(out)
-    assert saved["embeddings"].shape == (1, 128) and saved["names"] == [os.path.normpath(path)]
+    saved = torch.load(out, weights_only=True)
+    assert saved["features"].shape == (1, 128) and saved["paths"] == [os.path.normpath(path)]
 
 
 def test_bad_inputs(trained, tmp_path):
