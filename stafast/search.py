@@ -269,4 +269,4 @@ def query(a: QueryConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "stafast.search")
