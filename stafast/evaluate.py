@@ -30,7 +30,7 @@ from .checkpoint import load_model
 from .cli import option
 from .data import DATASET_NAMES, PIPELINES, ClipPlan, build_loader, default_protocol, load_dataset
 from .distributed import gather_rows, setup_distributed, shard, world
-from .features import Features, load_for_command
+from .features import Features, FeaturesFileError
 from .metrics import PROTOCOLS, chance_rank1, evaluate, evaluate_features, feature_distances, get_protocol, ranks, rerank
 from .progress import progress_bar
 
@@ -194,7 +194,7 @@ class EvaluateConfig(DatasetOptions):
 def main(argv=None) -> dict | None:
     a = cli.parse(EvaluateConfig, argv, module=MODULE, description=__doc__)
     if a.features:
-        feats = load_for_command(Features.load, a.features, EvaluateConfig, MODULE)
+        feats = Features.load(a.features)
         protocol, splits, rank = file_protocol(a, feats), file_splits(a, feats), 0
     else:
         rank, _, device = setup_distributed()
@@ -213,8 +213,9 @@ def file_protocol(a: EvaluateConfig, feats: Features) -> str:
     protocol = a.protocol or feats.meta["protocol"]
     built_for = feats.meta.get("gallery_protocol")
     if built_for is not None and built_for != protocol:
-        cli.error(EvaluateConfig, MODULE, f"{a.features}: its galleries were built for protocol {built_for!r} (the "
-                  f"{feats.meta.get('dataset')} gallery depends on it); embed again with --protocol {protocol}")
+        raise FeaturesFileError(f"{a.features}: its galleries were built for protocol {built_for!r} (the "
+                                f"{feats.meta.get('dataset')} gallery depends on it); embed again with --protocol "
+                                f"{protocol}")
     return protocol
 
 
@@ -225,7 +226,7 @@ def file_splits(a: EvaluateConfig, feats: Features) -> list:
     else:
         splits = [a.split]
     if not splits or any(s not in feats.splits for s in splits):
-        cli.error(EvaluateConfig, MODULE, f"{a.features} holds splits {sorted(feats.splits)}, not {a.split or 'any'}")
+        raise FeaturesFileError(f"{a.features} holds splits {sorted(feats.splits)}, not {a.split or 'any'}")
     return splits
 
 
@@ -251,4 +252,4 @@ def report(a, feats: Features, protocol: str, splits: list) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run(main, "stafast.evaluate")
+    cli.run(main, MODULE)

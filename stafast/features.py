@@ -23,9 +23,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import cli
+from .errors import UserError
 
 FORMAT = "stafast.features/1"
+
+
+class FeaturesFileError(UserError, ValueError):
+    """A features file that cannot be read, is not one, or lacks what was asked of it."""
+
+
+class FeaturesFileNotFound(FeaturesFileError, FileNotFoundError):
+    """No features file where one was given."""
 
 
 @dataclass
@@ -80,26 +88,17 @@ class Features:
         try:
             d = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except FileNotFoundError:
-            raise FileNotFoundError(f"features file {path} does not exist") from None
+            raise FeaturesFileNotFound(f"features file {path} does not exist") from None
         except Exception as e:  # noqa: BLE001 - torch raises several types for files it cannot read
-            raise ValueError(f"{path} is not a readable features file ({type(e).__name__}: {e})") from None
+            raise FeaturesFileError(f"{path} is not a readable features file ({type(e).__name__}: {e})") from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             found = d.get("format") if isinstance(d, dict) else type(d).__name__
-            raise ValueError(f"{path} is not a features file of format {FORMAT!r} (found {found!r}); "
+            raise FeaturesFileError(f"{path} is not a features file of format {FORMAT!r} (found {found!r}); "
                              "write one with python -m stafast.embed ... --output F.pt")
         missing = [k for k in ("features", "pids", "camids", "paths", "attrs", "splits", "meta") if k not in d]
         if missing:
-            raise ValueError(f"{path}: features file without {missing}")
+            raise FeaturesFileError(f"{path}: features file without {missing}")
         return cls(d["features"], d["pids"], d["camids"], d["paths"], d["attrs"], d["splits"], d["meta"])
-
-
-def load_for_command(load, path: str, config: type | dict, module: str):
-    """load(path) for the command line `python -m <module>` (parser: stafast.cli over `config`): a
-    missing, unreadable or foreign file is a usage error, one line naming the file (exit status 2)."""
-    try:
-        return load(path)
-    except (FileNotFoundError, ValueError) as e:
-        cli.error(config, module, str(e))
 
 
 def synthetic_features(num_query: int, num_gallery: int, dim: int = 128, per_id: int = 5, cameras: int = 6,

@@ -9,12 +9,12 @@ import sys
 import pytest
 import torch
 
-from stafast import embed
+from stafast import cli, embed
 from stafast import evaluate as E
 from stafast import train as T
 from stafast.data import load_dataset, synth
 from stafast.distributed import shard
-from stafast.features import FORMAT, Features
+from stafast.features import FORMAT, Features, FeaturesFileError, synthetic_features
 
 TINY = ["--arch", "resnet18", "--heads", "2", "--hidden", "8", "--frames", "3", "--height", "32", "--width", "16",
         "--ids-per-batch", "2", "--tracklets-per-id", "2", "--pipeline", "torch", "--workers", "0", "--no-progress",
@@ -55,8 +55,8 @@ def test_embed_the_synthetic_default_then_evaluate_the_file_alone_and_under_torc
                    "--output", str(tmp_path / "two.json"))
     assert run.returncode == 0, run.stderr[-3000:]
     assert metrics(json.load(open(tmp_path / "two.json"))) == metrics(from_file)
-    with pytest.raises(SystemExit):  # MARS galleries depend on the protocol: refused, not evaluated wrongly
-        E.main(["--features", features, "--protocol", "toolbox"])
+    with pytest.raises(FeaturesFileError, match="built for protocol 'official'.* embed again with --protocol toolbox"):
+        E.main(["--features", features, "--protocol", "toolbox"])  # MARS galleries depend on it: not evaluated wrongly
 
 
 def torchrun(module: str, *args: str) -> subprocess.CompletedProcess:
@@ -111,21 +111,29 @@ def load_dataset_root(checkpoint: str) -> str:
     return torch.load(checkpoint, weights_only=False)["config"]["root"]
 
 
-@pytest.mark.parametrize("main, argv, message", [
-    (E.main, ["--features", "{tmp}/nope.pt"], "features file .*nope.pt does not exist"),
-    (E.main, ["--features", "{tmp}/old.pt"], ".*old.pt is not a features file of format"),
-    (E.main, ["--checkpoint", "c.pt"], r"give --features F, or --checkpoint and --dataset \(one of them\)"),
-    (E.main, ["--features", "f.pt", "--split", "one"], "argument --split: expected an integer or one of"),
-    (embed.main, ["--checkpoint", "c.pt", "--output", "e.txt", "folder"], "--output must end with .pt or .npy"),
-    (embed.main, ["--checkpoint", "c.pt", "--output", "e.pt"], "give folders of frames / video files, or --dataset"),
+@pytest.mark.parametrize("module, argv, message", [
+    ("evaluate", ["--features", "{tmp}/nope.pt"], "features file .*nope.pt does not exist"),
+    ("evaluate", ["--features", "{tmp}/old.pt"], ".*old.pt is not a features file of format"),
+    ("evaluate", ["--features", "{tmp}/f.pt", "--split", "3"], r".*f.pt holds splits \[0\], not 3"),
+    ("evaluate", ["--checkpoint", "c.pt"], r"give --features F, or --checkpoint and --dataset \(one of them\)"),
+    ("evaluate", ["--features", "f.pt", "--split", "one"], "argument --split: expected an integer or one of"),
+    ("embed", ["--checkpoint", "c.pt", "--output", "e.txt", "folder"], "--output must end with .pt or .npy"),
+    ("embed", ["--checkpoint", "c.pt", "--output", "e.pt"], "give folders of frames / video files, or --dataset"),
 ])
-def test_command_lines_name_bad_input_in_one_line(main, argv, message, tmp_path, capsys):
+def test_command_lines_name_bad_input_in_one_line(module, argv, message, tmp_path, capsys):
     torch.save({"embeddings": torch.zeros(2, 3)}, tmp_path / "old.pt")
+    synthetic_features(2, 20).save(str(tmp_path / "f.pt"))
+    assert_one_line_error(capsys, {"evaluate": E.main, "embed": embed.main}[module], f"stafast.{module}",
+                          [a.format(tmp=tmp_path) for a in argv], message)
+
+
+def assert_one_line_error(capsys, main, module: str, argv: list[str], message: str) -> None:
+    """`python -m module argv` (stafast.cli.run) exits 2 with `message` in one line, no traceback."""
     with pytest.raises(SystemExit) as stop:
-        main([a.format(tmp=tmp_path) for a in argv])
+        cli.run(main, module, argv)
     err = capsys.readouterr().err
-    assert stop.value.code == 2 and re.fullmatch(f"python -m stafast.(evaluate|embed): error: {message}.*",
-                                                 err.splitlines()[-1]), err
+    assert stop.value.code == 2 and "Traceback" not in err, err
+    assert re.search(rf"(?m)^python -m {module}( \w+)?: error: {message}", err), err
 
 
 def test_help_names_the_module(capsys):

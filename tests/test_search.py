@@ -1,7 +1,6 @@
 """stafast.search: the FAISS gallery index (exact flat search, recall of the approximate kinds,
 same-camera exclusion, save/load, the command line).  The 200,000-feature check: bench/large_gallery.py search."""
 import json
-import re
 import sys
 
 import numpy as np
@@ -11,6 +10,8 @@ import torch
 from stafast import search
 from stafast.features import synthetic_features
 from stafast.metrics import feature_distances
+
+from .test_evaluate import assert_one_line_error
 
 faiss = pytest.importorskip("faiss")
 GalleryIndex = search.GalleryIndex
@@ -102,11 +103,7 @@ def test_command_line(data, tmp_path):
 ])
 def test_command_line_names_bad_input_in_one_line(argv, message, tmp_path, capsys):
     synthetic_features(4, 100, seed=3).save(str(tmp_path / "f.pt"))
-    with pytest.raises(SystemExit) as stop:
-        search.main([a.format(tmp=tmp_path) for a in argv])
-    err = capsys.readouterr().err
-    assert stop.value.code == 2 and re.match(f"python -m stafast.search( build| query)?: error: {message}",
-                                             err.splitlines()[-1]), err
+    assert_one_line_error(capsys, search.main, "stafast.search", [a.format(tmp=tmp_path) for a in argv], message)
 
 
 def test_errors(tmp_path, monkeypatch):
