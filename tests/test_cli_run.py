@@ -276,6 +276,46 @@ def test_a_second_ctrl_c_ends_training_at_once(root8, tmp_path):
     assert "resume with" not in err and children and gone(children)
 
 
+ORPHAN = """
+import multiprocessing as mp, os, sys, threading, time
+from stafast.data.workers import start_worker
+
+def worker(ready):
+    start_worker()
+    threading.Thread(target=lambda: 1 / 0).start()  # while the parent lives: reported
+    time.sleep(0.5)
+    ready.set()
+    while mp.parent_process().is_alive():
+        time.sleep(0.01)
+    try:  # what multiprocessing's resource sharer does when the dead parent broke its connection
+        raise ConnectionResetError(104, "Connection reset by peer")
+    except ConnectionResetError:
+        sys.excepthook(*sys.exc_info())
+    threading.Thread(target=lambda: 1 / 0).start()
+    time.sleep(0.5)
+    print("worker done", file=sys.stderr, flush=True)
+
+if __name__ == "__main__":
+    ready = mp.get_context("spawn").Event()
+    mp.get_context("spawn").Process(target=worker, args=(ready,)).start()
+    ready.wait(60)
+    os._exit(0)  # the parent gone, as a second Ctrl-C ends it
+"""
+
+
+def test_an_orphaned_worker_is_quiet(tmp_path):
+    """After the parent's death a worker's exceptions go unreported (the double Ctrl-C test saw
+    multiprocessing's resource sharer print a ConnectionResetError traceback from a worker)."""
+    (tmp_path / "orphan.py").write_text(ORPHAN)
+    with open(tmp_path / "err", "w+") as err:
+        subprocess.run([sys.executable, str(tmp_path / "orphan.py")], stderr=err, timeout=120)
+    deadline = time.time() + 30
+    while "worker done" not in open(tmp_path / "err").read() and time.time() < deadline:
+        time.sleep(0.1)
+    err = open(tmp_path / "err").read()
+    assert err.count("ZeroDivisionError") == 1 and "ConnectionResetError" not in err and "worker done" in err, err
+
+
 def test_resume_command_replaces_the_resume_flag():
     assert T.resume_command(["--epochs", "3", "--resume", "--lr", "0.1"], "o/checkpoint.pt") == \
         "python -m stafast.train --epochs 3 --lr 0.1 --resume o/checkpoint.pt"

@@ -39,7 +39,7 @@ from .datasets import DatasetError, is_video
 from .frames import MEAN, STD, read_image, read_nearest
 from .plan import ClipAugment, ClipPlan, check_start
 from .video import CPU_CODECS, decode, readable_indices
-from .workers import exit_with_parent, ignore_interruptions
+from .workers import exit_with_parent, start_worker
 
 
 def dali_decodes(plan: ClipPlan, gpu: bool) -> str | None:
@@ -77,7 +77,7 @@ class _FrameSource:
     def __setstate__(self, state):
         """Unpickled in each worker process as it starts."""
         self.__dict__.update(state)
-        ignore_interruptions()
+        start_worker()
         exit_with_parent(self.parent)
 
     def samples_per_clip(self) -> int:

@@ -14,7 +14,7 @@ import torch
 from .datasets import DatasetError, is_video
 from .frames import read_clip, to_model_input
 from .plan import ClipPlan, check_start
-from .workers import ignore_interruptions
+from .workers import start_worker
 
 
 
@@ -93,7 +93,7 @@ class TorchClipLoader:
                                              num_workers=self.workers, collate_fn=_collate, drop_last=self.drop_last,
                                              persistent_workers=False, pin_memory=self.pin_memory, generator=generator,
                                              multiprocessing_context=worker_context(self.dataset.plan, self.workers),
-                                             worker_init_fn=ignore_interruptions)
+                                             worker_init_fn=start_worker)
         try:
             for batch in loader:
                 self.bad_frames += batch["bad_frames"]

@@ -2,10 +2,18 @@
 main process (the torch DataLoader's workers watch their parent themselves; DALI's do not)."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
+
+
+def start_worker(worker_id: int | None = None) -> None:
+    """What a loader's worker does first (torch's worker_init_fn; DALI's source calls it too)."""
+    ignore_interruptions()
+    quiet_when_orphaned()
 
 
 def ignore_interruptions(worker_id: int | None = None) -> None:
@@ -14,6 +22,27 @@ def ignore_interruptions(worker_id: int | None = None) -> None:
     step and checkpoints), so no worker may stop in the middle of a batch (torch's worker_init_fn)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def quiet_when_orphaned() -> None:
+    """Once the parent is gone (a second Ctrl-C ends it by the signal, a crash, SIGKILL), a worker's
+    errors until it ends are noise on the caller's terminal: multiprocessing's resource-sharer
+    thread, for one, reports through sys.excepthook the connection the dead parent broke
+    (ConnectionResetError).  Both excepthooks drop what they get then."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    hook, thread_hook = sys.excepthook, threading.excepthook
+
+    def quiet(*args):
+        if parent.is_alive():
+            hook(*args)
+
+    def quiet_thread(args):
+        if parent.is_alive():
+            thread_hook(args)
+
+    sys.excepthook, threading.excepthook = quiet, quiet_thread
 
 
 def exit_with_parent(parent: int, every: float = 0.2) -> None:
