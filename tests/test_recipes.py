@@ -78,7 +78,8 @@ def test_the_authors_diversity_form():
                          ids=["softmax+triplet", "recipe strong"])  # the two commands of issue 24's acceptance
 def test_every_term_is_in_the_progress_bar_tensorboard_and_metrics(tiny_root, tmp_path, monkeypatch, command):
     postfixes, tags = [], set()
-    monkeypatch.setattr(T.tqdm, "set_postfix",
+    from tqdm import tqdm  # the bar stafast.progress makes, a tqdm (or its log-line subclass)
+    monkeypatch.setattr(tqdm, "set_postfix",
                         lambda self, ordered_dict=None, **kw: postfixes.append({**(ordered_dict or {}), **kw}))
     from torch.utils.tensorboard import SummaryWriter
     monkeypatch.setattr(SummaryWriter, "add_scalar", lambda self, tag, *a, **kw: tags.add(tag))
