@@ -313,6 +313,31 @@ def test_an_orphaned_worker_is_quiet(tmp_path):
     assert err.count("ZeroDivisionError") == 1 and "ConnectionResetError" not in err and "worker done" in err, err
 
 
+LEFT_RUNNING = """
+import sys
+from stafast.data import ClipPlan, build_loader, load_dataset
+plan = ClipPlan(load_dataset("mars", sys.argv[1]).train, 4, "train", seed=0)
+batches = iter(build_loader(plan, 2, 32, 16, pipeline="torch", workers=2))
+next(batches)
+print("one batch", flush=True)   # then exit with the loader and its workers still running
+"""
+
+
+def test_exit_with_a_loader_still_running_does_not_hang(root8, tmp_path):
+    """The workers ignore SIGTERM, multiprocessing's exit SIGTERMs and waits: workers.reap_at_exit
+    kills them first, so the exit ends (it hung before)."""
+    (tmp_path / "left.py").write_text(LEFT_RUNNING)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "left.py"), str(root8)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the script and its workers (its own session)
+        proc.communicate()
+        pytest.fail("the process did not exit within 90 s of its last line: its loader's workers held the exit")
+    assert proc.returncode == 0 and "one batch" in out and "Traceback" not in err, err
+
+
 def test_resume_command_replaces_the_resume_flag():
     assert T.resume_command(["--epochs", "3", "--resume", "--lr", "0.1"], "o/checkpoint.pt") == \
         "python -m stafast.train --epochs 3 --lr 0.1 --resume o/checkpoint.pt"

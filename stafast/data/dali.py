@@ -39,7 +39,7 @@ from .datasets import DatasetError, is_video
 from .frames import MEAN, STD, read_image, read_nearest
 from .plan import ClipAugment, ClipPlan, check_start
 from .video import CPU_CODECS, decode, readable_indices
-from .workers import exit_with_parent, start_worker
+from .workers import exit_with_parent, reap_at_exit, start_worker
 
 
 def dali_decodes(plan: ClipPlan, gpu: bool) -> str | None:
@@ -174,6 +174,7 @@ class DALIClipLoader:
         self.source = source = (_ClipSource if self.video else _FrameSource)(
             self.plan, epoch, start * self.batch_size, self.batches * self.batch_size, self.on_error)
         decoder = "mixed" if self.gpu else "cpu"
+        reap_at_exit()
 
         @pipeline_def(batch_size=self.batch_size * self.samples_per_clip, num_threads=self.threads,
                       device_id=self.device_id, py_num_workers=max(1, self.workers), py_start_method="spawn",

@@ -14,7 +14,7 @@ import torch
 from .datasets import DatasetError, is_video
 from .frames import read_clip, to_model_input
 from .plan import ClipPlan, check_start
-from .workers import start_worker
+from .workers import reap_at_exit, start_worker
 
 
 
@@ -89,6 +89,8 @@ class TorchClipLoader:
         # A generator of the loader's own: the workers' seeds then come from (seed, epoch), not from
         # the global torch RNG, so a resumed run draws the same model initialisations as an unbroken one.
         generator = torch.Generator().manual_seed(self.dataset.plan.seed * 100_003 + self.epoch)
+        if self.workers:
+            reap_at_exit()
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False,
                                              num_workers=self.workers, collate_fn=_collate, drop_last=self.drop_last,
                                              persistent_workers=False, pin_memory=self.pin_memory, generator=generator,

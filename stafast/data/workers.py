@@ -2,6 +2,7 @@
 main process (the torch DataLoader's workers watch their parent themselves; DALI's do not)."""
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import signal
@@ -14,6 +15,40 @@ def start_worker(worker_id: int | None = None) -> None:
     """What a loader's worker does first (torch's worker_init_fn; DALI's source calls it too)."""
     ignore_interruptions()
     quiet_when_orphaned()
+
+
+_REAPING = False
+
+
+def reap_at_exit() -> None:
+    """Called in the main process by every loader that starts workers.  At the interpreter's exit
+    multiprocessing SIGTERMs its daemonic children and then waits for them; ours ignore SIGTERM
+    (ignore_interruptions), so a loader still running then (never closed, or left by an error)
+    would hang the exit for ever.  This exit hook, registered after multiprocessing's own and so
+    run before it, kills those children: the daemonic ones that ignore SIGTERM."""
+    global _REAPING
+    if not _REAPING:
+        atexit.register(_kill_children_deaf_to_sigterm)
+        _REAPING = True
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    """Whether process `pid` ignores SIGTERM (its SigIgn mask in /proc; without /proc: assume so)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            mask = next(line for line in status if line.startswith("SigIgn:")).split()[1]
+    except (OSError, StopIteration):
+        return True
+    return bool(int(mask, 16) >> (signal.SIGTERM - 1) & 1)
+
+
+def _kill_children_deaf_to_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would report the killed workers as failed
+    for child in multiprocessing.active_children():
+        if child.daemon and child.pid is not None and _ignores_sigterm(child.pid):
+            child.kill()
+            child.join(5)
 
 
 def ignore_interruptions(worker_id: int | None = None) -> None:
